@@ -1,0 +1,71 @@
+"""Name -> reader dispatch, for YAML configs such as::
+
+    datasets:
+      - {name: vqa_rad, path: ../shared/data/vqa_rad, split: train}
+      - {name: slake, path: data/slake, split: val, q_lang: en}
+      - {name: hf://flaviagiammarino/path-vqa, split: test}
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from .captions import read_iu_xray, read_roco
+from .hf import HF_PREFIX, read_hf
+from .llava_med import read_llava_med
+from .medmnist import read_medmnist
+from .omnimedvqa import read_omnimedvqa
+from .schema import SampleList
+from .vqa import read_pathvqa, read_slake, read_vqa_rad
+
+Reader = Callable[..., SampleList]
+
+READERS: dict[str, Reader] = {
+    "vqa_rad": read_vqa_rad,
+    "slake": read_slake,
+    "pathvqa": read_pathvqa,
+    "omnimedvqa": read_omnimedvqa,
+    "llava_med": read_llava_med,
+    "roco": read_roco,
+    "iu_xray": read_iu_xray,
+    "medmnist": read_medmnist,
+}
+ALIASES = {
+    "vqarad": "vqa_rad", "path_vqa": "pathvqa", "omnimed_vqa": "omnimedvqa",
+    "llavamed": "llava_med", "rocov2": "roco", "iuxray": "iu_xray", "openi": "iu_xray",
+    "pneumoniamnist": "medmnist",
+}
+
+
+def _key(name: str) -> str:
+    key = name.strip().lower().replace("-", "_")
+    return ALIASES.get(key, key)
+
+
+def register_reader(name: str, reader: Reader) -> None:
+    """Add (or replace) a reader so configs can refer to it by ``name``."""
+    READERS[_key(name)] = reader
+
+
+def read_dataset(name_or_format: str, path: str | Path | None = None, split: str = "train",
+                 **opts: Any) -> SampleList:
+    """Read ``path`` with the reader registered as ``name_or_format``.
+
+    Names (case and ``-``/``_`` insensitive): vqa_rad, slake, pathvqa,
+    omnimedvqa, llava_med, roco, iu_xray, medmnist, plus aliases in
+    ``ALIASES``. ``"hf://<id>"`` (path unused) or ``"hf"`` with ``path=<id>``
+    go to :func:`read_hf`. ``opts`` are passed to the reader unchanged.
+    """
+    if name_or_format.startswith(HF_PREFIX):
+        return read_hf(name_or_format, split, **opts)
+    key = _key(name_or_format)
+    if key == "hf":
+        if path is None:
+            raise ValueError("read_dataset('hf', path=<dataset id>) needs the dataset id as path")
+        return read_hf(str(path), split, **opts)
+    if key not in READERS:
+        raise ValueError(f"unknown dataset {name_or_format!r}; "
+                         f"known: {sorted(READERS)} or hf://<id>")
+    if path is None:
+        raise ValueError(f"read_dataset({name_or_format!r}) needs a path")
+    return READERS[key](path, split, **opts)

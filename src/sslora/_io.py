@@ -1,0 +1,40 @@
+"""Atomic file writes: a crash mid-save never leaves a truncated adapter or cache entry."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+from safetensors.torch import save_file
+
+
+def _atomic(path: str | os.PathLike, write) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    _atomic(path, write)
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
+    contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    _atomic(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
