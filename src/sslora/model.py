@@ -56,10 +56,19 @@ class SSLoRAModel(nn.Module):
         """Load an adapter saved by save_pretrained onto a fresh base model. Never computes an SVD."""
         config, payload = SSLoRAConfig.load(directory)
         wrapped = cls._inject(model, config, cache=None, initialise=False)
+        wrapped.load_adapter_weights(directory)
+        for layer in wrapped.sslora_layers().values():
+            for param in (layer.router.weight, layer.experts.lora_A, layer.experts.lora_B):
+                param.requires_grad_(is_trainable)
+        wrapped.loaded_version = payload.get("library_version", "")
+        return wrapped
+
+    def load_adapter_weights(self, directory: str | os.PathLike) -> None:
+        """Copy the tensors of a saved adapter (same targets and shapes) into this one, in place."""
         path = os.path.join(directory, WEIGHTS_NAME)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory!s}")
-        expected = wrapped._adapter_tensors()
+        expected = self._adapter_tensors()
         with safe_open(path, framework="pt") as handle:
             stored = set(handle.keys())
             missing, unexpected = sorted(set(expected) - stored), sorted(stored - set(expected))
@@ -74,20 +83,23 @@ class SSLoRAModel(nn.Module):
                     if value.shape != target.shape:
                         raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
                     target.copy_(value)
-        for layer in wrapped.sslora_layers().values():
-            for param in (layer.router.weight, layer.experts.lora_A, layer.experts.lora_B):
-                param.requires_grad_(is_trainable)
-        wrapped.loaded_version = payload.get("library_version", "")
-        return wrapped
 
     # ------------------------------------------------------------------ pass-through
-    def forward(self, *args, **kwargs):
-        mask = kwargs.get("attention_mask")
-        self._context.attention_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+    @contextlib.contextmanager
+    def padding_mask(self, attention_mask: torch.Tensor | None) -> Iterator[None]:
+        """Inside the block, layers whose input is (B, L, n) with (B, L) = attention_mask.shape
+        leave padding (mask 0) out of the load-balancing loss and routing statistics. `forward`
+        does this itself; use it when the adapted model is called through another module."""
+        mask = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
+        previous, self._context.attention_mask = self._context.attention_mask, mask
         try:
-            output = self.base_model(*args, **kwargs)
+            yield
         finally:
-            self._context.attention_mask = None
+            self._context.attention_mask = previous
+
+    def forward(self, *args, **kwargs):
+        with self.padding_mask(kwargs.get("attention_mask")):
+            output = self.base_model(*args, **kwargs)
         config = self.sslora_config
         if self.training and config.add_aux_loss_to_loss and config.aux_loss_coef > 0:
             loss = getattr(output, "loss", None)

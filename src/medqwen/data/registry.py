@@ -16,6 +16,7 @@ from .llava_med import read_llava_med
 from .medmnist import read_medmnist
 from .omnimedvqa import read_omnimedvqa
 from .schema import SampleList
+from .synthetic import read_synthetic
 from .vqa import read_pathvqa, read_slake, read_vqa_rad
 
 Reader = Callable[..., SampleList]
@@ -29,6 +30,7 @@ READERS: dict[str, Reader] = {
     "roco": read_roco,
     "iu_xray": read_iu_xray,
     "medmnist": read_medmnist,
+    "synthetic": read_synthetic,
 }
 ALIASES = {
     "vqarad": "vqa_rad", "path_vqa": "pathvqa", "omnimed_vqa": "omnimedvqa",

@@ -1,0 +1,192 @@
+"""Stages and experiments as data (YAML): what is trainable, on which data, with which schedule.
+
+A stage file looks like::
+
+    name: sslora_finetune
+    trainable: [projector, adapter]      # model groups ("projector", "vision", "language") + "adapter"
+    adapter: {kind: sslora, r: 32, num_experts: 8, top_k: 2}   # injected once, reused by later stages
+    data:
+      - {format: vqa_rad, path: "${data_root}/vqa_rad", split: train}
+    lr: 2.0e-4
+    epochs: 1            # or max_steps
+    batch_size: 8
+
+An experiment file names the model, the seed, the stages (inline or as paths relative to the file)
+and the evaluation sets. `${data_root}` and `${config_dir}` are substituted when loading.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+MODEL_GROUPS = ("projector", "vision", "language")
+ADAPTER_KINDS = ("sslora", "lora")
+
+
+class ConfigError(ValueError):
+    """A YAML config that does not describe a valid stage / experiment; names the file and field."""
+
+
+@dataclass
+class DataSpec:
+    """One dataset: `format` is a reader name of medqwen.data (vqa_rad, slake, roco, ..., synthetic)."""
+
+    format: str
+    path: Optional[str] = None
+    split: str = "train"
+    limit: Optional[int] = None  # keep the first N samples (after a seeded shuffle)
+    weight: Optional[float] = None  # mixture proportion when several datasets are mixed
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the reader
+
+
+@dataclass
+class StageConfig:
+    name: str
+    trainable: list[str]
+    data: list[DataSpec]
+    adapter: Optional[dict[str, Any]] = None
+    lr: float = 1e-4
+    epochs: float = 1.0
+    max_steps: Optional[int] = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 50
+    log_every: int = 1
+
+
+@dataclass
+class ExperimentConfig:
+    model: str
+    stages: list[StageConfig]
+    seed: int = 0
+    output_dir: str = "runs/experiment"
+    eval: list[DataSpec] = field(default_factory=list)
+    eval_batch_size: int = 16
+    max_new_tokens: int = 12
+    system_prompt: Optional[str] = "Answer the question about the medical image briefly."
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _substitute(value: Any, variables: dict[str, str], where: str) -> Any:
+    if isinstance(value, str):
+        def repl(match):
+            key = match.group(1)
+            if key not in variables or variables[key] is None:
+                raise ConfigError(f"{where}: ${{{key}}} is used but not set (pass --{key.replace('_', '-')})")
+            return str(variables[key])
+
+        return re.sub(r"\$\{(\w+)\}", repl, value)
+    if isinstance(value, list):
+        return [_substitute(v, variables, where) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables, where) for k, v in value.items()}
+    return value
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(known)}")
+    missing = [n for n, f in known.items() if n not in data and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing required field(s) {missing}")
+    return cls(**data)
+
+
+def parse_stage(data: Any, where: str) -> StageConfig:
+    data = dict(data) if isinstance(data, dict) else data
+    if isinstance(data, dict):
+        data["data"] = [_build(DataSpec, d, f"{where}: data[{i}]") for i, d in enumerate(data.get("data") or [])]
+    stage = _build(StageConfig, data, where)
+    for group in stage.trainable:
+        if group not in MODEL_GROUPS + ("adapter",):
+            raise ConfigError(f"{where}: field 'trainable' has {group!r}; allowed: {list(MODEL_GROUPS) + ['adapter']}")
+    if not stage.trainable:
+        raise ConfigError(f"{where}: field 'trainable' is empty: name at least one group")
+    if not stage.data:
+        raise ConfigError(f"{where}: field 'data' is empty: name at least one dataset")
+    if stage.adapter is not None:
+        kind = stage.adapter.get("kind", "sslora")
+        if kind not in ADAPTER_KINDS:
+            raise ConfigError(f"{where}: field 'adapter.kind' = {kind!r}; allowed: {list(ADAPTER_KINDS)}")
+        try:
+            adapter_config(stage.adapter)
+        except ValueError as err:
+            raise ConfigError(f"{where}: field 'adapter': {err}") from err
+    for name, low in (("lr", 0.0), ("epochs", 0.0)):
+        if not isinstance(getattr(stage, name), (int, float)) or getattr(stage, name) <= low:
+            raise ConfigError(f"{where}: field {name!r} = {getattr(stage, name)!r} must be a number > {low}")
+    for name in ("batch_size", "grad_accum", "checkpoint_every", "log_every"):
+        value = getattr(stage, name)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where}: field {name!r} = {value!r} must be an integer >= 1")
+    if stage.max_steps is not None and (not isinstance(stage.max_steps, int) or stage.max_steps < 1):
+        raise ConfigError(f"{where}: field 'max_steps' = {stage.max_steps!r} must be an integer >= 1 or null")
+    return stage
+
+
+def adapter_config(spec: dict[str, Any]):
+    """Stage `adapter:` mapping -> SSLoRAConfig. kind 'lora' is plain LoRA through the same layer:
+    one expert, top-1, zero init (A Kaiming, B = 0), no load-balancing loss, scale 2 by default."""
+    from sslora import SSLoRAConfig
+
+    spec = dict(spec)
+    kind = spec.pop("kind", "sslora")
+    if kind == "lora":
+        spec = {"num_experts": 1, "top_k": 1, "init": "zero", "aux_loss_coef": 0.0, "scaling": 2.0, **spec}
+    spec.setdefault("target_modules", "llama")
+    return SSLoRAConfig(**spec)
+
+
+def load_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            return yaml.safe_load(handle)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}:{line} invalid YAML: {getattr(err, 'problem', err)}") from err
+
+
+def load_stage(path: str | Path, variables: dict[str, str] | None = None) -> StageConfig:
+    path = Path(path)
+    variables = {"config_dir": str(path.parent), **(variables or {})}
+    return parse_stage(_substitute(load_yaml(path), variables, str(path)), str(path))
+
+
+def load_experiment(path: str | Path, variables: dict[str, str] | None = None) -> ExperimentConfig:
+    """Parse an experiment YAML (stages inline or as file paths relative to it)."""
+    path = Path(path)
+    variables = {"config_dir": str(path.parent), "data_root": os.environ.get("MEDQWEN_DATA_ROOT"), **(variables or {})}
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with fields model, stages, ...")
+    raw = dict(raw)
+    stages = []
+    for i, entry in enumerate(raw.pop("stages", None) or []):
+        if isinstance(entry, str):
+            stage_path = (path.parent / _substitute(entry, variables, f"{path}: stages[{i}]")).resolve()
+            stages.append(load_stage(stage_path, variables))
+        else:
+            stages.append(parse_stage(_substitute(entry, variables, str(path)), f"{path}: stages[{i}]"))
+    if not stages:
+        raise ConfigError(f"{path}: field 'stages' is empty or missing")
+    raw = _substitute(raw, variables, str(path))
+    raw["eval"] = [_build(DataSpec, d, f"{path}: eval[{i}]") for i, d in enumerate(raw.get("eval") or [])]
+    return _build(ExperimentConfig, {**raw, "stages": stages}, str(path))

@@ -1,0 +1,82 @@
+"""Answer questions with a model and score them (VQA metrics; blank-image control on request)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from medqwen.data import Sample, load_image
+from medqwen.eval import vqa_scores
+
+from .batches import FeatureCache, supports_feature_cache
+
+
+@torch.no_grad()
+def predict(
+    model,
+    samples: Sequence[Sample],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 12,
+    blank_images: bool = False,
+    cache: FeatureCache | None = None,
+    desc: str = "predict",
+) -> list[str]:
+    """Greedy answers for `samples`, in order. `blank_images` zeroes the image features (control)."""
+    was_training = model.training
+    model.eval()
+    if cache is None and supports_feature_cache(model):
+        cache = FeatureCache(model)
+    answers: list[str] = []
+    kwargs: dict[str, Any] = {"blank_images": True} if blank_images else {}
+    try:
+        for start in tqdm(range(0, len(samples), batch_size), desc=desc, disable=None):
+            chunk = samples[start : start + batch_size]
+            prompts = [s.question for s in chunk]
+            if cache is not None:
+                answers += model.generate(None, prompts, max_new_tokens, image_features=cache.get(chunk), **kwargs)
+            else:
+                images = [[load_image(s, i) for i in range(len(s.images) or (1 if s.image is not None else 0))] for s in chunk]
+                answers += model.generate(images, prompts, max_new_tokens, **kwargs)
+    finally:
+        model.train(was_training)
+    return answers
+
+
+def records_for(samples: Sequence[Sample], predictions: Sequence[str]) -> list[dict[str, Any]]:
+    return [
+        {
+            "question": s.question,
+            "answer": s.answer,
+            "pred": p,
+            "answer_type": s.answer_type,
+            "question_type": s.extra.get("question_type"),
+            "source": s.source,
+        }
+        for s, p in zip(samples, predictions)
+    ]
+
+
+def evaluate_vqa_model(
+    model, samples: Sequence[Sample], *, batch_size: int = 16, max_new_tokens: int = 12, blank_control: bool = False,
+    cache: FeatureCache | None = None,
+) -> Iterator[tuple[str, Any]]:
+    """Yield (name, value): VQA scores, then (if asked) the same scores with blank images, then
+    `records` (per-question predictions) and `seconds`."""
+    start = time.perf_counter()
+    if cache is None and supports_feature_cache(model):
+        cache = FeatureCache(model)
+    predictions = predict(model, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, cache=cache, desc="eval")
+    records = records_for(samples, predictions)
+    for name, value in vqa_scores(records).items():
+        yield name, value
+    if blank_control:
+        blank = predict(model, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, blank_images=True, cache=cache, desc="eval blank")
+        for name, value in vqa_scores(records_for(samples, blank)).items():
+            if not name.startswith("n"):
+                yield f"blank_image/{name}", value
+    yield "records", records
+    yield "seconds", time.perf_counter() - start

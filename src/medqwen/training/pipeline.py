@@ -1,0 +1,79 @@
+"""An experiment = a model + a sequence of stages + evaluation sets (see config.py)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from medqwen.data import read_dataset
+from medqwen.eval.report import write_results
+
+from .config import DataSpec, ExperimentConfig
+from .evaluate import evaluate_vqa_model
+from .trainer import Trainer
+
+
+def load_data(specs: list[DataSpec], seed: int = 0) -> list:
+    """Read every DataSpec (limit -> seeded subsample) and mix them (weights -> proportions)."""
+    from medqwen.data import mix_datasets
+
+    lists = []
+    for spec in specs:
+        samples = list(read_dataset(spec.format, spec.path, spec.split, **spec.options))
+        if spec.limit is not None and spec.limit < len(samples):
+            random.Random(seed).shuffle(samples)
+            samples = samples[: spec.limit]
+        lists.append(samples)
+    weights = [spec.weight for spec in specs] if any(spec.weight is not None for spec in specs) else None
+    if weights is not None:
+        weights = [1.0 if w is None else w for w in weights]
+    if len(lists) == 1 and weights is None:
+        return lists[0]
+    return mix_datasets(lists, weights=weights, seed=seed)
+
+
+def build_model(config: ExperimentConfig):
+    from medqwen.models import load_model
+
+    return load_model(config.model, system_prompt=config.system_prompt, **config.model_kwargs)
+
+
+def run_experiment(
+    config: ExperimentConfig, *, resume: bool = False, model=None, blank_control: bool = True, log=print
+) -> dict[str, Any]:
+    """Train every stage in order, save `output_dir/final`, evaluate; returns the results."""
+    out = Path(config.output_dir)
+    model = model or build_model(config)
+    trainer = Trainer(model, output_dir=out, seed=config.seed)
+    results: dict[str, Any] = {"stages": {}}
+    for stage in config.stages:
+        samples = load_data(stage.data, config.seed)
+        log(f"stage {stage.name}: {len(samples)} samples, trainable {stage.trainable}")
+        results["stages"][stage.name] = trainer.run_stage(stage, samples, resume=resume)
+    final = trainer.save(out / "final", extra={"stages": [s.name for s in config.stages]})
+    if trainer.adapter is not None:
+        trainable, total = trainer.adapter.trainable_parameters()
+        results["adapter_parameters"] = {"trainable": trainable, "total": total}
+    results["eval"] = evaluate_sets(trainer.model, config.eval, config, out, blank_control=blank_control)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    results["final_dir"] = str(final)
+    return results
+
+
+def evaluate_sets(model, specs: list[DataSpec], config: ExperimentConfig, out: Path, *, blank_control: bool) -> dict:
+    scores = {}
+    for spec in specs:
+        samples = load_data([spec], config.seed)
+        name = f"{spec.format}_{spec.split}"
+        metrics = dict(evaluate_vqa_model(model, samples, batch_size=config.eval_batch_size,
+                                          max_new_tokens=config.max_new_tokens, blank_control=blank_control))
+        records = metrics.pop("records")
+        (out / "eval").mkdir(parents=True, exist_ok=True)
+        with open(out / "eval" / f"{name}_predictions.jsonl", "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record) + "\n")
+        write_results(metrics, out / "eval", name)
+        scores[name] = metrics
+    return scores
