@@ -41,7 +41,9 @@ class FeatureCache:
                 count = max(1, len(sample.images))
                 images += [load_image(sample, i) for i in range(count)]
                 owners += [key] * count
-            encoded = self.model.encode_images(images)
+            # one image per encoder call: batched convolutions may round differently with the batch's
+            # composition, and resumed runs must see bit-identical features
+            encoded = torch.cat([self.model.encode_images([image]) for image in images])
             for key in todo:
                 self.features[key] = encoded[[i for i, k in enumerate(owners) if k == key]]
         return [self.features.get(image_key(s)) if image_key(s) else None for s in samples]

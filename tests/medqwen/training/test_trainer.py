@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+
+from medqwen.data.synthetic import make_synthetic_vqa
+from medqwen.models import tiny_mini
+from medqwen.training import StageConfig, DataSpec, Trainer, lr_at
+from medqwen.training.checkpoint import latest_checkpoint
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    return make_synthetic_vqa(tmp_path_factory.mktemp("syn"), n_images=8)["train"]
+
+
+def _stage(**kw):
+    base = dict(name="s3", trainable=["adapter", "projector"], data=[DataSpec(format="synthetic")],
+                adapter={"kind": "sslora", "r": 8, "num_experts": 4, "top_k": 2, "target_modules": "llama", "dropout": 0.1},
+                lr=1e-3, max_steps=5, batch_size=3, checkpoint_every=2)
+    return StageConfig(**{**base, **kw})
+
+
+def _final_tensors(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(samples, tmp_path):
+    stage = _stage()
+    whole = Trainer(tiny_mini(seed=0), output_dir=tmp_path / "whole", seed=0)
+    whole.run_stage(stage, samples)
+    expected = _final_tensors(whole)
+
+    first = Trainer(tiny_mini(seed=0), output_dir=tmp_path / "killed", seed=0)
+    stopped = first.run_stage(stage, samples, stop_after=3)  # "killed" after step 3; last checkpoint: step 2
+    assert stopped["stopped_at"] == 3
+    assert latest_checkpoint(tmp_path / "killed" / "s3" / "checkpoints").name == "checkpoint-0000002"
+    resumed = Trainer(tiny_mini(seed=0), output_dir=tmp_path / "killed", seed=0)
+    resumed.run_stage(stage, samples, resume=True)
+    got = _final_tensors(resumed)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    a = (tmp_path / "whole" / "s3" / "final" / "adapter" / "adapter_model.safetensors").read_bytes()
+    b = (tmp_path / "killed" / "s3" / "final" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert a == b
+
+
+def test_checkpoints_are_complete_and_pruned(samples, tmp_path):
+    trainer = Trainer(tiny_mini(seed=0), output_dir=tmp_path, seed=0)
+    trainer.run_stage(_stage(max_steps=6, checkpoint_every=1), samples)
+    folders = sorted(p.name for p in (tmp_path / "s3" / "checkpoints").iterdir())
+    assert folders == ["checkpoint-0000005", "checkpoint-0000006"]  # keep=2, no temporary leftovers
+    files = sorted(p.name for p in (tmp_path / "s3" / "checkpoints" / "checkpoint-0000006").iterdir())
+    assert files == ["adapter", "optimizer.json", "optimizer.safetensors", "rng.safetensors", "trainable.safetensors", "trainer_state.json"]
+    lines = (tmp_path / "s3" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    assert all(key in json.loads(lines[0]) for key in ("loss", "aux_loss", "lr", "samples_per_s"))
+    assert any((tmp_path / "s3" / "tensorboard").iterdir())
+
+
+def test_training_reduces_loss_and_freezes_the_base(samples, tmp_path):
+    model = tiny_mini(seed=0)
+    frozen = {n: p.detach().clone() for n, p in model.lm.named_parameters()}
+    trainer = Trainer(model, output_dir=tmp_path, seed=0)
+    stage = _stage(max_steps=25, lr=5e-3, batch_size=4, checkpoint_every=100, adapter={"kind": "lora", "r": 8, "target_modules": "llama"})
+    trainer.run_stage(stage, samples)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "s3" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    for name, param in trainer.vlm.lm.named_parameters():
+        key = name.replace(".base.", ".")
+        if key in frozen:
+            assert torch.equal(param, frozen[key]), name
+
+
+def test_adapter_stage_without_adapter_is_refused(samples, tmp_path):
+    trainer = Trainer(tiny_mini(seed=0), output_dir=tmp_path)
+    with pytest.raises(ValueError, match="trains 'adapter' but no stage so far defines field 'adapter'"):
+        trainer.run_stage(_stage(adapter=None), samples)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    stage = _stage(lr=1.0, warmup_ratio=0.1, min_lr_ratio=0.1)
+    lrs = [lr_at(s, 100, stage) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(0.1, abs=0.01)
