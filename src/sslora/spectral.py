@@ -70,7 +70,7 @@ def exact_svd(weight: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor
     p = short.shape[0]
     if min(wanted) < 0 or max(wanted) >= p:
         raise ValueError(f"singular component indices must lie in [0, {p}), got [{min(wanted)}, {max(wanted)}]")
-    _, evecs = _eigh_selected(short @ short.T, [p - 1 - i for i in wanted])  # eigh is ascending
+    _, evecs = _eigh_selected(_gram_lower(short), [p - 1 - i for i in wanted])  # eigh is ascending
     # sigma_j = ||W^T u_j|| rather than sqrt(lambda_j): never negative, and u sigma v^T = u u^T W
     # stays exact even for singular values below the Gram matrix's resolution.
     other = short.T @ evecs
@@ -91,7 +91,17 @@ def reference_svd(weight: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Te
     return u[:, idx], s[idx], vh[idx].T
 
 
-def _eigh_selected(gram: torch.Tensor, ascending: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _gram_lower(short: torch.Tensor) -> np.ndarray | torch.Tensor:
+    """W W^T of a (p, q) fp64 matrix, p <= q. With LAPACK at hand: BLAS dsyrk, which computes only the
+    lower triangle (half the flops of a matmul) in the Fortran layout dsytrd reads."""
+    if _lapack is None:
+        return short @ short.T
+    from scipy.linalg import blas
+
+    return blas.dsyrk(1.0, short.numpy(), lower=1)
+
+
+def _eigh_selected(gram, ascending: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenpairs of a symmetric fp64 matrix at the given ascending-order positions (in that order).
 
     Tridiagonalise once (dsytrd, the O(p^3) step), then bisection (dstebz) for just the wanted
@@ -101,7 +111,7 @@ def _eigh_selected(gram: torch.Tensor, ascending: list[int]) -> tuple[torch.Tens
     if _lapack is None:
         evals, evecs = torch.linalg.eigh(gram)
         return evals[ascending], evecs[:, ascending]
-    a = np.asfortranarray(gram.numpy())
+    a = gram  # lower triangle only (dsyrk)
     p = a.shape[0]
     lwork = int(_lapack.dsytrd_lwork(p, lower=1)[0])
     packed, diag, offdiag, tau, info = _lapack.dsytrd(a, lower=1, lwork=max(lwork, 1), overwrite_a=1)
