@@ -67,6 +67,7 @@ def run_method(method: str, data_root: str, work: Path, eval_limit: int | None) 
     test = load_data([DataSpec(format="vqa_rad", path=f"{data_root}/vqa_rad", split="test", limit=eval_limit)], SEED)
     scores = dict(evaluate_vqa_model(trainer.model, test, batch_size=16, max_new_tokens=12, blank_control=True))
     records = scores.pop("records")
+    (work / method).mkdir(parents=True, exist_ok=True)
     (work / method / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     result.update({
         "closed_acc": scores["closed_acc"], "open_recall": scores["open_recall"], "exact_match": scores["exact_match"],

@@ -65,15 +65,7 @@ def read_vqa_rad(
     used = {"image_name", "question", "answer", "answer_type"}
 
     def build(ctx: RowContext, row: dict) -> Sample:
-        return Sample(
-            images=[resolve(ctx, row.get("image_name"), "image_name")],
-            question=normalize_text(text_field(ctx, row, "question", EMPTY_QUESTION)),
-            answer=normalize_answer(text_field(ctx, row, "answer", EMPTY_ANSWER)),
-            answer_type=parse_answer_type(ctx, row),
-            source="vqa_rad",
-            split=split,
-            extra=_extra(row, used),
-        )
+        return _vqa_sample(ctx, row, resolve, "image_name", "vqa_rad", split, used)
 
     return collect(file, iter_json_records(file), build, skip_invalid=skip_invalid, id_key="qid")
 
@@ -116,15 +108,7 @@ def read_slake(
                 raise ctx.error("q_lang", MISSING_FIELD, "needed for the language filter")
             if row["q_lang"] != q_lang:
                 return None
-        return Sample(
-            images=[resolve(ctx, row.get("img_name"), "img_name")],
-            question=normalize_text(text_field(ctx, row, "question", EMPTY_QUESTION)),
-            answer=normalize_answer(text_field(ctx, row, "answer", EMPTY_ANSWER)),
-            answer_type=parse_answer_type(ctx, row),
-            source="slake",
-            split=split,
-            extra=_extra(row, used),
-        )
+        return _vqa_sample(ctx, row, resolve, "img_name", "slake", split, used)
 
     return collect(file, iter_json_records(file), build, skip_invalid=skip_invalid, id_key="qid")
 
@@ -172,3 +156,16 @@ def read_pathvqa(
                       _extra(row, used))
 
     return collect(file, iter_json_records(file), build, skip_invalid=skip_invalid, id_key="id")
+
+
+def _vqa_sample(ctx: RowContext, row: dict, resolve, image_field: str, source: str, split: str, used: set) -> Sample:
+    """One row of a VQA-RAD / SLAKE-style JSON record (image, question, answer, answer_type)."""
+    return Sample(
+        images=[resolve(ctx, row.get(image_field), image_field)],
+        question=normalize_text(text_field(ctx, row, "question", EMPTY_QUESTION)),
+        answer=normalize_answer(text_field(ctx, row, "answer", EMPTY_ANSWER)),
+        answer_type=parse_answer_type(ctx, row),
+        source=source,
+        split=split,
+        extra=_extra(row, used),
+    )

@@ -95,6 +95,17 @@ def labelled_lm_loss(hidden: Tensor, labels: Tensor, lm_head: nn.Module) -> tupl
     return F.cross_entropy(logits.float(), tgt), logits, tgt
 
 
+def lm_output(hidden: Tensor, labels: Tensor | None, lm_head: nn.Module, full_logits: bool) -> VLMOutput:
+    """Final hidden states (B, L, H) -> VLMOutput: answer-only loss when labels are given (LM head
+    applied at labelled positions only), full logits (B, L, V) without labels or with full_logits."""
+    result = VLMOutput()
+    if labels is not None:
+        result.loss, result.answer_logits, result.answer_labels = labelled_lm_loss(hidden, labels, lm_head)
+    if labels is None or full_logits:
+        result.logits = lm_head(hidden)
+    return result
+
+
 def positions_from_mask(attention_mask: Tensor) -> Tensor:
     """(B, L) 0/1 mask -> (B, L) position ids counting real tokens only (pads get 0)."""
     pos = attention_mask.long().cumsum(-1) - 1

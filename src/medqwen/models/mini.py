@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from .base import ImagesArg, VisionLanguageModel, VLMOutput, labelled_lm_loss, positions_from_mask
+from .base import ImagesArg, VisionLanguageModel, VLMOutput, lm_output, positions_from_mask
 from .tiny import TinyConvEncoder, build_tokenizer, seeded
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -226,15 +226,7 @@ class MedQwenMini(VisionLanguageModel):
             position_ids=positions_from_mask(attention_mask),
             use_cache=False,
         )
-        hidden = out.last_hidden_state
-        result = VLMOutput()
-        if labels is not None:
-            result.loss, result.answer_logits, result.answer_labels = labelled_lm_loss(
-                hidden, labels, self.lm.lm_head
-            )
-        if labels is None or full_logits:
-            result.logits = self.lm.lm_head(hidden)
-        return result
+        return lm_output(out.last_hidden_state, labels, self.lm.lm_head, full_logits)
 
     @torch.no_grad()
     def generate(

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from .base import ImagesArg, VisionLanguageModel, VLMOutput, labelled_lm_loss
+from .base import ImagesArg, VisionLanguageModel, VLMOutput, lm_output
 from .tiny import build_tokenizer, seeded
 
 QWEN_SPECIAL_TOKENS = [
@@ -212,15 +212,7 @@ class QwenVL(VisionLanguageModel):
             mm_encoder_outputs=mm_outputs,
             use_cache=False,
         )
-        hidden = out.last_hidden_state
-        result = VLMOutput()
-        if labels is not None:
-            result.loss, result.answer_logits, result.answer_labels = labelled_lm_loss(
-                hidden, labels, self.hf.lm_head
-            )
-        if labels is None or full_logits:
-            result.logits = self.hf.lm_head(hidden)
-        return result
+        return lm_output(out.last_hidden_state, labels, self.hf.lm_head, full_logits)
 
     @torch.no_grad()
     def generate(

@@ -107,11 +107,9 @@ def test_reuse_and_regeneration(tmp_path):
     assert pngs[1].is_file()
 
 
-def test_fast_and_described(tmp_path):
-    t = time.perf_counter()
+def test_size_and_description(tmp_path):
     splits = make_synthetic_vqa(tmp_path, n_images=115)
     assert len(_all(splits)) >= 400
-    assert time.perf_counter() - t < 2.0
     text = describe_synthetic()
     assert "SYNTHETIC" in text and "\n" not in text
 

@@ -7,7 +7,6 @@ loads read the cache (~3 s), so the load test is not marked slow. The forced re-
 from __future__ import annotations
 
 import importlib.util
-import time
 
 import pytest
 import torch
@@ -48,17 +47,17 @@ def test_medqwen_mini_loads_and_works(mini, gray_image):
 
 
 @pytest.mark.slow
-def test_gguf_conversion_into_a_fresh_cache(tmp_path, mini):
-    from medqwen.models.pretrained import load_smollm2
+def test_gguf_conversion_into_a_fresh_cache(tmp_path, mini, monkeypatch):
+    from medqwen.models import pretrained
 
-    start = time.perf_counter()
-    lm, tokenizer = load_smollm2(cache_dir=tmp_path)
-    first = time.perf_counter() - start
+    lm, tokenizer = pretrained.load_smollm2(cache_dir=tmp_path)
     assert (tmp_path / "smollm2-135m-instruct" / "model.safetensors").exists()
-    start = time.perf_counter()
-    load_smollm2(cache_dir=tmp_path)
-    cached = time.perf_counter() - start
-    assert cached < first
+
+    def no_second_conversion(*args, **kwargs):
+        raise AssertionError("the GGUF was converted again instead of read from the cache")
+
+    monkeypatch.setattr(pretrained, "convert_smollm2", no_second_conversion)
+    pretrained.load_smollm2(cache_dir=tmp_path)
     ids = tokenizer("Hello there", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(lm(ids).logits, mini.lm(ids).logits)
