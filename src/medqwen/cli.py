@@ -143,7 +143,9 @@ def demo(data_root: Optional[Path] = None, output_dir: Path = Path("runs/demo"),
     experiment.output_dir = str(output_dir)
     results = run_experiment(experiment, resume=resume)
     _print_scores(results["eval"])
-    records = [json.loads(line) for line in open(next((Path(output_dir) / "eval").glob("*_predictions.jsonl")))]
+    first = experiment.eval[0]
+    predictions = Path(output_dir) / "eval" / f"{first.format}_{first.split}_predictions.jsonl"
+    records = [json.loads(line) for line in open(predictions)]
     example = records[0]
     print(f"sample question: {example['question']!r} -> model: {example['pred']!r} (reference: {example['answer']!r})")
     print(f"adapter saved to {Path(results['final_dir']) / 'adapter'}; total {time.perf_counter() - start:.0f}s")
@@ -152,7 +154,9 @@ def demo(data_root: Optional[Path] = None, output_dir: Path = Path("runs/demo"),
 
 def _print_scores(scores: dict) -> None:
     for name, metrics in scores.items():
-        shown = {k: metrics[k] for k in ("closed_acc", "open_recall", "exact_match", "blank_image/closed_acc", "blank_image/open_recall") if k in metrics}
+        keys = ("closed_acc", "open_recall", "exact_match", "blank_image/closed_acc", "blank_image/open_recall",
+                "bleu_4", "rouge_l", "meteor", "cider_d", "accuracy", "f1", "yes_ratio")
+        shown = {k: metrics[k] for k in keys if k in metrics}
         print(f"{name}: " + ", ".join(f"{k}={v:.3f}" for k, v in shown.items()) + f" (n={metrics.get('n')})")
 
 

@@ -68,7 +68,7 @@ def parameter_budget(model: nn.Module, config: SSLoRAConfig) -> dict[str, int]:
     sslora = lora = full_moe = 0
     for _, module in targets:
         m, n = _features(module)
-        router = config.num_experts * n
+        router = config.num_experts * n if config.num_experts > 1 else 0  # N = 1: no router (plain LoRA)
         sslora += config.r * (m + n) + router
         lora += config.r * (m + n)
         full_moe += config.num_experts * m * n + router  # N trainable copies of W0 + the router

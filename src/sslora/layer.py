@@ -142,6 +142,12 @@ class SSLoRALayer(nn.Module):
         if self.training and self.compute_aux_loss:
             self.last_aux_loss = load_balancing_loss(logits, indices, self.router.num_experts, valid)
 
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """The trainable tensors: experts, and the router unless N = 1 (a one-way softmax is always 1,
+        so that router would get zero gradient: N = 1 is plain LoRA and counts as such)."""
+        experts = [self.experts.lora_A, self.experts.lora_B]
+        return experts + ([self.router.weight] if self.router.num_experts > 1 else [])
+
     def reset_routing_stats(self) -> None:
         self.expert_counts.zero_()
         self.gate_sums.zero_()

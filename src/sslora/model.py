@@ -47,7 +47,9 @@ class SSLoRAModel(nn.Module):
             layer = build_layer(name, module, config, context=context, cache=cache, initialise=initialise)
             layer.compute_aux_loss = config.aux_loss_coef > 0
             replace_module(model, name, layer)
-        return cls(model, config, context)
+        wrapped = cls(model, config, context)
+        wrapped.set_adapter_trainable(True)
+        return wrapped
 
     @classmethod
     def from_pretrained(
@@ -57,9 +59,7 @@ class SSLoRAModel(nn.Module):
         config, payload = SSLoRAConfig.load(directory)
         wrapped = cls._inject(model, config, cache=None, initialise=False)
         wrapped.load_adapter_weights(directory)
-        for layer in wrapped.sslora_layers().values():
-            for param in (layer.router.weight, layer.experts.lora_A, layer.experts.lora_B):
-                param.requires_grad_(is_trainable)
+        wrapped.set_adapter_trainable(is_trainable)
         wrapped.loaded_version = payload.get("library_version", "")
         return wrapped
 
@@ -137,6 +137,14 @@ class SSLoRAModel(nn.Module):
         tensors = self._adapter_tensors()
         atomic_save_safetensors(tensors, os.path.join(directory, WEIGHTS_NAME), metadata={"format": "pt", "library": "sslora", "version": __version__})
         self.sslora_config.save(directory, extra={"library_version": __version__, "layers": layers})
+
+    def set_adapter_trainable(self, trainable: bool) -> None:
+        """Switch gradients of every adapter parameter (experts; routers when N > 1) on or off."""
+        for layer in self.sslora_layers().values():
+            for param in (layer.router.weight, layer.experts.lora_A, layer.experts.lora_B):
+                param.requires_grad_(False)
+            for param in layer.adapter_parameters():
+                param.requires_grad_(trainable)
 
     def trainable_parameters(self) -> tuple[int, int]:
         """(trainable, total) parameter counts (frozen residual factors are buffers, not counted)."""

@@ -45,10 +45,10 @@ def _check_run(tmp_path, capsys):
     assert (final / "adapter" / "adapter_model.safetensors").is_file()
     assert (final / "model" / "medqwen_vlm.json").is_file()
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    scores = next(iter(results["eval"].values()))
+    name, scores = next(iter(results["eval"].items()))
     assert 0.0 <= scores["closed_acc"] <= 1.0 and scores["n"] > 0
     assert "blank_image/closed_acc" in scores
-    md = next((tmp_path / "run" / "eval").glob("*.md")).read_text()
+    md = (tmp_path / "run" / "eval" / f"{name}.md").read_text()
     assert "closed_acc" in md
     # reload from disk and evaluate again: identical predictions
     main(["eval", "--model-dir", str(final), "--data", "synthetic", "--path", str(tmp_path / "syn"), "--split", "test", "--output", str(tmp_path / "re")])
@@ -57,9 +57,14 @@ def _check_run(tmp_path, capsys):
 
 def test_tiny_qwen2_5_vl_train_save_reload_evaluate(tmp_path, capsys):
     data = f"{{format: synthetic, path: '{tmp_path / 'syn'}', split: train, options: {{n_images: 6}}}}"
-    eval_data = f"{{format: synthetic, path: '{tmp_path / 'syn'}', split: test, options: {{n_images: 6}}}}"
+    eval_data = (f"{{format: synthetic, path: '{tmp_path / 'syn'}', split: test, options: {{n_images: 6}}}}, "
+                 f"{{format: synthetic, path: '{tmp_path / 'syn'}', split: train, options: {{n_images: 6}}, task: pope}}, "
+                 f"{{format: synthetic, path: '{tmp_path / 'syn'}', split: test, options: {{n_images: 6}}, limit: 2, task: caption}}")
     main(["train", str(_experiment(tmp_path, "tiny-qwen2.5-vl", "qwen2_5_vl", data, eval_data))])
     final, scores = _check_run(tmp_path, capsys)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())["eval"]
+    assert 0 <= results["synthetic_train_pope"]["yes_ratio"] <= 1 and results["synthetic_train_pope"]["n"] > 0
+    assert 0 <= results["synthetic_test_caption"]["rouge_l"] <= 1
     image = next((tmp_path / "syn" / "images").glob("*.png"))
     main(["predict", "--model-dir", str(final), "--image", str(image), "--question", "Is there a lesion?"])
     answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -136,6 +136,8 @@ def test_trainable_parameter_counts():
     shapes = [(64, 48), (64, 64), (40, 64)]  # (m, n)
     assert trainable == sum(8 * (m + n) + 4 * n for m, n in shapes)
     assert total == trainable + sum(p.numel() for p in _fresh_mlp().parameters())
+    lora = get_sslora_model(_fresh_mlp(), SSLoRAConfig(target_modules=TARGETS, r=8, num_experts=1, top_k=1, init="zero"))
+    assert lora.trainable_parameters()[0] == sum(8 * (m + n) for m, n in shapes)  # N = 1 is exactly LoRA
 
 
 def test_aux_loss_added_to_hf_loss_and_zero_when_disabled():

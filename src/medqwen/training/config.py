@@ -27,6 +27,7 @@ import yaml
 
 MODEL_GROUPS = ("projector", "vision", "language")
 ADAPTER_KINDS = ("sslora", "lora")
+EVAL_TASKS = ("vqa", "caption", "pope")
 
 
 class ConfigError(ValueError):
@@ -43,6 +44,7 @@ class DataSpec:
     limit: Optional[int] = None  # keep the first N samples (after a seeded shuffle)
     weight: Optional[float] = None  # mixture proportion when several datasets are mixed
     options: dict[str, Any] = field(default_factory=dict)  # passed to the reader
+    task: str = "vqa"  # evaluation sets: vqa | caption | pope
 
 
 @dataclass
@@ -189,4 +191,7 @@ def load_experiment(path: str | Path, variables: dict[str, str] | None = None) -
         raise ConfigError(f"{path}: field 'stages' is empty or missing")
     raw = _substitute(raw, variables, str(path))
     raw["eval"] = [_build(DataSpec, d, f"{path}: eval[{i}]") for i, d in enumerate(raw.get("eval") or [])]
+    for i, spec in enumerate(raw["eval"]):
+        if spec.task not in EVAL_TASKS:
+            raise ConfigError(f"{path}: eval[{i}]: field 'task' = {spec.task!r}; allowed: {list(EVAL_TASKS)}")
     return _build(ExperimentConfig, {**raw, "stages": stages}, str(path))

@@ -80,3 +80,33 @@ def evaluate_vqa_model(
                 yield f"blank_image/{name}", value
     yield "records", records
     yield "seconds", time.perf_counter() - start
+
+
+def evaluate_caption_model(
+    model, samples: Sequence[Sample], *, batch_size: int = 8, max_new_tokens: int = 64, cache: FeatureCache | None = None,
+) -> Iterator[tuple[str, Any]]:
+    """Report / caption generation: BLEU-1..4, ROUGE-L, METEOR, CIDEr-D against each sample's answer."""
+    from medqwen.eval import caption_scores
+
+    start = time.perf_counter()
+    predictions = predict(model, samples, batch_size=batch_size, max_new_tokens=max_new_tokens, cache=cache, desc="captions")
+    yield from caption_scores(predictions, [[s.answer] for s in samples]).items()
+    yield "n", len(samples)
+    yield "records", [{"question": s.question, "answer": s.answer, "pred": p} for s, p in zip(samples, predictions)]
+    yield "seconds", time.perf_counter() - start
+
+
+def evaluate_pope_model(
+    model, samples: Sequence[Sample], *, seed: int = 0, batch_size: int = 16, max_new_tokens: int = 8,
+    cache: FeatureCache | None = None,
+) -> Iterator[tuple[str, Any]]:
+    """POPE-style hallucination probes: balanced yes/no questions built from the closed questions."""
+    from medqwen.eval import build_pope_probes, pope_scores
+
+    start = time.perf_counter()
+    probes = build_pope_probes(samples, seed)
+    chosen = [samples[p["index"]] for p in probes]
+    predictions = predict(model, chosen, batch_size=batch_size, max_new_tokens=max_new_tokens, cache=cache, desc="pope")
+    yield from pope_scores(predictions, [p["label"] for p in probes]).items()
+    yield "records", [{"question": p["question"], "answer": p["answer"], "pred": pred} for p, pred in zip(probes, predictions)]
+    yield "seconds", time.perf_counter() - start

@@ -11,7 +11,7 @@ from medqwen.data import read_dataset
 from medqwen.eval.report import write_results
 
 from .config import DataSpec, ExperimentConfig
-from .evaluate import evaluate_vqa_model
+from .evaluate import evaluate_caption_model, evaluate_pope_model, evaluate_vqa_model
 from .trainer import Trainer
 
 
@@ -66,9 +66,14 @@ def evaluate_sets(model, specs: list[DataSpec], config: ExperimentConfig, out: P
     scores = {}
     for spec in specs:
         samples = load_data([spec], config.seed)
-        name = f"{spec.format}_{spec.split}"
-        metrics = dict(evaluate_vqa_model(model, samples, batch_size=config.eval_batch_size,
-                                          max_new_tokens=config.max_new_tokens, blank_control=blank_control))
+        name = f"{spec.format}_{spec.split}" + ("" if spec.task == "vqa" else f"_{spec.task}")
+        if spec.task == "caption":
+            metrics = dict(evaluate_caption_model(model, samples, batch_size=config.eval_batch_size))
+        elif spec.task == "pope":
+            metrics = dict(evaluate_pope_model(model, samples, seed=config.seed, batch_size=config.eval_batch_size))
+        else:
+            metrics = dict(evaluate_vqa_model(model, samples, batch_size=config.eval_batch_size,
+                                              max_new_tokens=config.max_new_tokens, blank_control=blank_control))
         records = metrics.pop("records")
         (out / "eval").mkdir(parents=True, exist_ok=True)
         with open(out / "eval" / f"{name}_predictions.jsonl", "w", encoding="utf-8") as handle:

@@ -88,9 +88,7 @@ class Trainer:
             self.attach_adapter(stage.adapter)
         self.vlm.set_trainable([g for g in stage.trainable if g != "adapter"])
         if self.adapter is not None:
-            for layer in self.adapter.sslora_layers().values():
-                for param in (layer.router.weight, layer.experts.lora_A, layer.experts.lora_B):
-                    param.requires_grad_("adapter" in stage.trainable)
+            self.adapter.set_adapter_trainable("adapter" in stage.trainable)
         self.trained_groups |= {g for g in stage.trainable if g != "adapter"}
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
