@@ -43,8 +43,9 @@ def train(config: Path, data_root: Optional[Path] = None, output_dir: Optional[P
     if output_dir is not None:
         experiment.output_dir = str(output_dir)
     results = run_experiment(experiment, resume=resume)
-    _print_scores(results["eval"])
-    print(f"saved to {results['final_dir']}")
+    if "final_dir" in results:  # the main process under `accelerate launch`
+        _print_scores(results["eval"])
+        print(f"saved to {results['final_dir']}")
     return results
 
 

@@ -52,6 +52,9 @@ def run_experiment(
         samples = load_data(stage.data, config.seed)
         log(f"stage {stage.name}: {len(samples)} samples, trainable {stage.trainable}")
         results["stages"][stage.name] = trainer.run_stage(stage, samples, resume=resume)
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.accelerator.is_main_process:  # other ranks only helped train
+        return results
     final = trainer.save(out / "final", extra={"stages": [s.name for s in config.stages]})
     if trainer.adapter is not None:
         trainable, total = trainer.adapter.trainable_parameters()
