@@ -108,7 +108,7 @@ class SSLoRALayer(nn.Module):
         expert columns; one up-projection [B, -res_B] writes the output. Cost: one rank-(2r + N) LoRA.
         """
         lora_a, lora_b, residual = self.experts.lora_A, self.experts.lora_B, self.residual
-        r, d, n_exp = lora_a.shape[0], self.experts.expert_rank, self.router.num_experts
+        r, d = lora_a.shape[0], self.experts.expert_rank
         flat = flat.to(lora_a.dtype)
         shared = isinstance(self.dropout, nn.Identity)  # with dropout only the experts see a dropped x
         route_fused = shared and lora_a.dtype == torch.float32  # the router must stay fp32

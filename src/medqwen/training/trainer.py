@@ -110,12 +110,11 @@ class Trainer:
         per_step = stage.batch_size * stage.grad_accum * acc.num_processes
         steps_per_epoch = max(1, math.ceil(len(shard) / per_step))
         total = stage.max_steps or max(1, math.ceil(stage.epochs * steps_per_epoch))
-        start, state = 0, {}
+        start = 0
         _seed_everything(_stable_seed(self.seed, stage.name, acc.process_index))  # dropout masks etc.
         ckpt = latest_checkpoint(stage_dir / "checkpoints") if resume else None
         if ckpt is not None:
-            state = load_checkpoint(ckpt, parameters=params, optimizer=optimizer)
-            start = state["step"]
+            start = load_checkpoint(ckpt, parameters=params, optimizer=optimizer)["step"]
         cache = self.feature_cache if self.feature_cache is not None and supports_feature_cache(self.vlm) else None
         logger = _MetricsLogger(stage_dir, enabled=acc.is_main_process)
         model.train()
