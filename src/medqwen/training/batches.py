@@ -38,15 +38,20 @@ class FeatureCache:
         if todo:
             images, owners = [], []
             for key, sample in todo.items():
-                count = max(1, len(sample.images))
-                images += [load_image(sample, i) for i in range(count)]
-                owners += [key] * count
+                pictures = sample_images(sample)
+                images += pictures
+                owners += [key] * len(pictures)
             # one image per encoder call: batched convolutions may round differently with the batch's
             # composition, and resumed runs must see bit-identical features
             encoded = torch.cat([self.model.encode_images([image]) for image in images])
             for key in todo:
                 self.features[key] = encoded[[i for i, k in enumerate(owners) if k == key]]
         return [self.features.get(image_key(s)) if image_key(s) else None for s in samples]
+
+
+def sample_images(sample: Sample) -> list:
+    """A sample's images as PIL (its files, or its one in-memory image)."""
+    return [load_image(sample, i) for i in range(len(sample.images) or (1 if sample.image is not None else 0))]
 
 
 def supports_feature_cache(model) -> bool:
@@ -60,5 +65,4 @@ def make_batch(model, samples: Sequence[Sample], *, with_answers: bool, cache: F
     answers = [s.answer for s in samples] if with_answers else None
     if cache is not None:
         return model.build_inputs(None, prompts, answers, image_features=cache.get(samples))
-    images = [[load_image(s, i) for i in range(len(s.images) or (1 if s.image is not None else 0))] for s in samples]
-    return model.build_inputs(images, prompts, answers)
+    return model.build_inputs([sample_images(s) for s in samples], prompts, answers)

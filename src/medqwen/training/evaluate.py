@@ -8,10 +8,10 @@ from typing import Any, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from medqwen.data import Sample, load_image
+from medqwen.data import Sample
 from medqwen.eval import vqa_scores
 
-from .batches import FeatureCache, supports_feature_cache
+from .batches import FeatureCache, sample_images, supports_feature_cache
 
 
 @torch.no_grad()
@@ -39,8 +39,7 @@ def predict(
             if cache is not None:
                 answers += model.generate(None, prompts, max_new_tokens, image_features=cache.get(chunk), **kwargs)
             else:
-                images = [[load_image(s, i) for i in range(len(s.images) or (1 if s.image is not None else 0))] for s in chunk]
-                answers += model.generate(images, prompts, max_new_tokens, **kwargs)
+                answers += model.generate([sample_images(s) for s in chunk], prompts, max_new_tokens, **kwargs)
     finally:
         model.train(was_training)
     return answers

@@ -12,6 +12,7 @@ from medqwen.eval.report import write_results
 
 from .config import DataSpec, ExperimentConfig
 from .evaluate import evaluate_caption_model, evaluate_pope_model, evaluate_vqa_model
+from .batches import FeatureCache, supports_feature_cache
 from .trainer import Trainer
 
 
@@ -59,24 +60,27 @@ def run_experiment(
     if trainer.adapter is not None:
         trainable, total = trainer.adapter.trainable_parameters()
         results["adapter_parameters"] = {"trainable": trainable, "total": total}
-    results["eval"] = evaluate_sets(trainer.model, config.eval, config, out, blank_control=blank_control)
+    cache = trainer.feature_cache if supports_feature_cache(trainer.vlm) else None
+    results["eval"] = evaluate_sets(trainer.model, config.eval, config, out, blank_control=blank_control, cache=cache)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     results["final_dir"] = str(final)
     return results
 
 
-def evaluate_sets(model, specs: list[DataSpec], config: ExperimentConfig, out: Path, *, blank_control: bool) -> dict:
+def evaluate_sets(
+    model, specs: list[DataSpec], config: ExperimentConfig, out: Path, *, blank_control: bool, cache: FeatureCache | None = None
+) -> dict:
     scores = {}
     for spec in specs:
         samples = load_data([spec], config.seed)
         name = f"{spec.format}_{spec.split}" + ("" if spec.task == "vqa" else f"_{spec.task}")
         if spec.task == "caption":
-            metrics = dict(evaluate_caption_model(model, samples, batch_size=config.eval_batch_size))
+            metrics = dict(evaluate_caption_model(model, samples, batch_size=config.eval_batch_size, cache=cache))
         elif spec.task == "pope":
-            metrics = dict(evaluate_pope_model(model, samples, seed=config.seed, batch_size=config.eval_batch_size))
+            metrics = dict(evaluate_pope_model(model, samples, seed=config.seed, batch_size=config.eval_batch_size, cache=cache))
         else:
             metrics = dict(evaluate_vqa_model(model, samples, batch_size=config.eval_batch_size,
-                                              max_new_tokens=config.max_new_tokens, blank_control=blank_control))
+                                              max_new_tokens=config.max_new_tokens, blank_control=blank_control, cache=cache))
         records = metrics.pop("records")
         (out / "eval").mkdir(parents=True, exist_ok=True)
         with open(out / "eval" / f"{name}_predictions.jsonl", "w", encoding="utf-8") as handle:

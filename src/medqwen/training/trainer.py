@@ -65,6 +65,7 @@ class Trainer:
         self.sslora_cache_dir = sslora_cache_dir
         self.feature_cache = FeatureCache(model) if hasattr(model, "encode_images") else None
         self.trained_groups: set[str] = set()
+        self._epoch_order: tuple[tuple, list[int]] = ((), [])
 
     # ------------------------------------------------------------------ model parts
     @property
@@ -160,9 +161,11 @@ class Trainer:
         acc = self.accelerator
         per_epoch = max(1, math.ceil(len(samples) / (stage.batch_size * acc.num_processes)))
         epoch, position = divmod(micro_index, per_epoch)
-        generator = torch.Generator().manual_seed(_stable_seed(self.seed, stage.name, epoch))
-        order = torch.randperm(len(samples), generator=generator).tolist()
-        mine = order[acc.process_index :: acc.num_processes]
+        key = (stage.name, epoch, len(samples))
+        if self._epoch_order[0] != key:  # one permutation per epoch, not per micro-batch
+            generator = torch.Generator().manual_seed(_stable_seed(self.seed, stage.name, epoch))
+            self._epoch_order = (key, torch.randperm(len(samples), generator=generator).tolist())
+        mine = self._epoch_order[1][acc.process_index :: acc.num_processes]
         chosen = mine[position * stage.batch_size : (position + 1) * stage.batch_size] or mine[: stage.batch_size]
         return [samples[i] for i in chosen]
 
