@@ -1,12 +1,16 @@
-"""MedQwen-mini on VQA-RAD (train -> test): no stage 3 vs LoRA r=32 vs SSLoRA 2-of-8 r=32.
+"""MedQwen-mini on VQA-RAD (train -> test): zero-shot vs LoRA r=32 vs SSLoRA 2-of-8 r=32, over seeds.
 
-All three start from the same stage-2 checkpoint (stages 1-2 run once), with the same step budget
-and seed. Each method runs in its own process (so peak memory is its own) and its result is
-written to benchmarks/results/vqa_rad.json as soon as it is done; re-running skips finished
-methods and resumes an interrupted one from its last checkpoint.
+Stages 1-2 of the default recipe (configs/recipe/) run once (seed 0) and give the shared starting
+model; from it every (method, seed) run trains stage 3 with the same step budget (the seed changes
+the adapter init, the data order and dropout), so LoRA and SSLoRA are compared paired, on the same
+base. Each run is its own process (its own peak memory) and writes its own result file
+(benchmarks/results/vqa_rad_runs/<method>_seed<k>.json) when it finishes; re-running skips finished
+runs and resumes an unfinished one from its last checkpoint. The summary (means +- std over seeds)
+goes to benchmarks/results/vqa_rad.json; the stage-3 models' grounding probe scores go to the
+`lora` / `sslora` entries of benchmarks/results/grounding.json.
 
-    python benchmarks/vqa_rad.py --data-root ../shared/data            # everything, resumable
-    python benchmarks/vqa_rad.py --data-root ../shared/data --only lora
+    python benchmarks/vqa_rad.py --data-root ../shared/data                  # everything, resumable
+    python benchmarks/vqa_rad.py --data-root ../shared/data --seeds 0 --only lora
 """
 
 from __future__ import annotations
@@ -21,79 +25,129 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CONFIGS = HERE.parent / "configs" / "benchmarks"
-RESULTS = HERE / "results" / "vqa_rad.json"
+REPO = HERE.parent
+CONFIGS = REPO / "configs"
+RESULTS = HERE / "results"
+RUNS = RESULTS / "vqa_rad_runs"
+RECIPE = CONFIGS / "experiments" / "recipe_stage1_2.yaml"  # the default stages 1-2 (configs/recipe/)
 METHODS = {"zero_shot": None, "lora": "vqa_rad_stage3_lora.yaml", "sslora": "vqa_rad_stage3_sslora.yaml"}
-SEED = 0
-SYSTEM_PROMPT = "Answer the question about the medical image briefly."
+COMMAND = "python benchmarks/vqa_rad.py --data-root ../shared/data"
 
 
-def _variables(data_root: str) -> dict:
-    return {"data_root": data_root}
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
 
 
 def prepare(data_root: str, work: Path) -> Path:
-    """Stages 1-2 once; returns the stage-2 model folder."""
-    from medqwen.models import load_model
-    from medqwen.training import Trainer, load_data, load_stage
+    """Stages 1-2 of the default recipe once; returns the stage-2 model folder (with model/)."""
+    from medqwen.training import Trainer, load_data, load_experiment
+    from medqwen.training.pipeline import build_model
 
-    final = work / "stage2_instruct" / "final"
+    config = load_experiment(RECIPE, {"data_root": data_root})
+    final = work / "recipe" / config.stages[-1].name / "final"
     if (final / "stage_done.json").is_file():
         return final
-    model = load_model("medqwen-mini", system_prompt=SYSTEM_PROMPT)
-    trainer = Trainer(model, output_dir=work, seed=SEED)
-    for name in ("vqa_rad_stage1.yaml", "vqa_rad_stage2.yaml"):
-        stage = load_stage(CONFIGS / name, _variables(data_root))
-        trainer.run_stage(stage, load_data(stage.data, SEED), resume=True)
+    trainer = Trainer(build_model(config), output_dir=work / "recipe", seed=config.seed)
+    for stage in config.stages:
+        trainer.run_stage(stage, load_data(stage.data, config.seed), resume=True)
     return final
 
 
-def run_method(method: str, data_root: str, work: Path, eval_limit: int | None) -> dict:
+def run_method(method: str, seed: int, data_root: str, work: Path, eval_limit: int | None) -> dict:
+    sys.path.insert(0, str(HERE))
+    from grounding import probe_scores
+
     from medqwen.models import load_model
     from medqwen.training import DataSpec, Trainer, load_data, load_stage
     from medqwen.training.evaluate import evaluate_vqa_model
 
-    model = load_model(str(work / "stage2_instruct" / "final" / "model"))
-    trainer = Trainer(model, output_dir=work / method, seed=SEED)
-    result = {"method": method, "seed": SEED, "steps": 0, "trainable_params": 0, "s_per_step": None}
+    stage2 = prepare(data_root, work)
+    run_dir = work / f"{method}_seed{seed}"
+    model = load_model(str(stage2 / "model"))
+    trainer = Trainer(model, output_dir=run_dir, seed=seed)
+    result = {"method": method, "seed": seed, "steps": 0, "epochs": 0.0, "trainable_params": 0, "s_per_step": None}
     if METHODS[method] is not None:
-        stage = load_stage(CONFIGS / METHODS[method], _variables(data_root))
-        trainer.run_stage(stage, load_data(stage.data, SEED), resume=True)
-        metrics = [json.loads(line) for line in open(work / method / stage.name / "metrics.jsonl")]
+        stage = load_stage(CONFIGS / "benchmarks" / METHODS[method], {"data_root": data_root})
+        samples = load_data(stage.data, seed)
+        trainer.run_stage(stage, samples, resume=True)
+        metrics = [json.loads(line) for line in open(run_dir / stage.name / "metrics.jsonl")]
         result["steps"] = stage.max_steps
+        result["epochs"] = stage.max_steps * stage.batch_size / len(samples)
         result["s_per_step"] = statistics.median(m["s_per_step"] for m in metrics)
         result["final_train_loss"] = statistics.mean(m["loss"] for m in metrics[-20:])
         result["trainable_params"] = trainer.adapter.trainable_parameters()[0]
-    test = load_data([DataSpec(format="vqa_rad", path=f"{data_root}/vqa_rad", split="test", limit=eval_limit)], SEED)
-    scores = dict(evaluate_vqa_model(trainer.model, test, batch_size=16, max_new_tokens=12, blank_control=True))
+    test = load_data([DataSpec(format="vqa_rad", path=f"{data_root}/vqa_rad", split="test", limit=eval_limit)], seed)
+    cache = trainer.feature_cache
+    scores = dict(evaluate_vqa_model(trainer.model, test, batch_size=16, max_new_tokens=12, blank_control=True, cache=cache))
     records = scores.pop("records")
-    (work / method).mkdir(parents=True, exist_ok=True)
-    (work / method / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     result.update({
         "closed_acc": scores["closed_acc"], "open_recall": scores["open_recall"], "exact_match": scores["exact_match"],
         "blank_closed_acc": scores["blank_image/closed_acc"], "blank_open_recall": scores["blank_image/open_recall"],
         "n_closed": scores["n_closed"], "n_open": scores["n_open"], "eval_seconds": scores["seconds"],
         "peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     })
+    result["grounding"] = probe_scores(trainer.model, data_root, cache=cache)
     return result
 
 
-def _save(results: dict) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, RESULTS)
+def summarize(runs: list[dict]) -> dict:
+    """Per method: means and sample std over seeds of the headline scores (std 0 for one seed)."""
+    out = {}
+    for method in METHODS:
+        mine = sorted((r for r in runs if r["method"] == method), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        entry = {"seeds": [r["seed"] for r in mine], "steps": mine[0]["steps"], "epochs": mine[0]["epochs"],
+                 "trainable_params": mine[0]["trainable_params"],
+                 "s_per_step": statistics.median(r["s_per_step"] for r in mine) if mine[0]["s_per_step"] else None}
+        for key in ("closed_acc", "open_recall", "blank_closed_acc", "blank_open_recall", "exact_match"):
+            values = [r[key] for r in mine]
+            entry[key] = statistics.mean(values)
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        entry["runs"] = {f"seed{r['seed']}": {k: r[k] for k in ("closed_acc", "open_recall", "blank_closed_acc")} for r in mine}
+        out[method] = entry
+    if "lora" in out and "sslora" in out:  # paired by seed: same base model, same data order per seed
+        pairs = [(out["sslora"]["runs"][s]["closed_acc"] - out["lora"]["runs"][s]["closed_acc"])
+                 for s in out["lora"]["runs"] if s in out["sslora"]["runs"]]
+        out["_sslora_minus_lora_closed"] = {"mean": statistics.mean(pairs), "std": statistics.stdev(pairs) if len(pairs) > 1 else 0.0,
+                                            "seeds": len(pairs)}
+    out["_command"] = COMMAND
+    return out
 
 
-def table(results: dict) -> str:
-    lines = ["| method | closed acc | open recall | closed acc, blank image | trainable params | s/step | peak mem MB | steps |",
+def update_grounding(runs: list[dict]) -> None:
+    """Add the stage-3 models' probe scores (means over seeds) to results/grounding.json."""
+    path = RESULTS / "grounding.json"
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text())
+    for method in ("lora", "sslora"):
+        mine = [r for r in runs if r["method"] == method and "grounding" in r]
+        if not mine:
+            continue
+        for probe in data:
+            if probe.startswith("_") or probe not in mine[0]["grounding"]:
+                continue
+            data[probe][method] = {k: statistics.mean(r["grounding"][probe][k] for r in mine) for k in ("acc", "blank_acc")}
+            data[probe][method]["seeds"] = [r["seed"] for r in mine]
+    _write_json(path, data)
+
+
+def table(summary: dict) -> str:
+    lines = ["| method | closed acc | open recall | closed acc, blank image | trainable params | s/step | steps (epochs) | seeds |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, r in results.items():
+    for name, r in summary.items():
         if name.startswith("_"):
             continue
         sps = f"{r['s_per_step']:.2f}" if r.get("s_per_step") else "—"
-        lines.append(f"| {name} | {100 * r['closed_acc']:.1f}% | {100 * r['open_recall']:.1f}% | {100 * r['blank_closed_acc']:.1f}% "
-                     f"| {r['trainable_params']:,} | {sps} | {r['peak_mem_mb']:.0f} | {r['steps']} |")
+        lines.append(f"| {name} | {100 * r['closed_acc']:.1f} ± {100 * r['closed_acc_std']:.1f}% | {100 * r['open_recall']:.1f} ± "
+                     f"{100 * r['open_recall_std']:.1f}% | {100 * r['blank_closed_acc']:.1f} ± {100 * r['blank_closed_acc_std']:.1f}% "
+                     f"| {r['trainable_params']:,} | {sps} | {r['steps']} ({r['epochs']:.2f}) | {len(r['seeds'])} |")
     return "\n".join(lines)
 
 
@@ -101,30 +155,33 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--work", default="runs/bench_vqa_rad")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", choices=list(METHODS) + ["prepare"])
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate a seeded subsample (default: all 451)")
     args = parser.parse_args()
     work = Path(args.work)
     if args.only == "prepare":
-        prepare(args.data_root, work)
+        print(prepare(args.data_root, work))
         return
-    if args.only:  # child process: one method, result on stdout
-        print("RESULT " + json.dumps(run_method(args.only, args.data_root, work, args.eval_limit)), flush=True)
+    if args.only and len(args.seeds) == 1:  # child process: one run, result on stdout
+        print("RESULT " + json.dumps(run_method(args.only, args.seeds[0], args.data_root, work, args.eval_limit)), flush=True)
         return
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     subprocess.run([sys.executable, __file__, "--data-root", args.data_root, "--work", str(work), "--only", "prepare"], check=True)
-    for method in METHODS:
-        if method in results:
-            continue
-        cmd = [sys.executable, __file__, "--data-root", args.data_root, "--work", str(work), "--only", method]
-        if args.eval_limit:
-            cmd += ["--eval-limit", str(args.eval_limit)]
-        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
-        results[method] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
-        results["_command"] = "python benchmarks/vqa_rad.py --data-root ../shared/data"
-        _save(results)
-        print(table(results), flush=True)
-    print(table(results))
+    for seed in args.seeds:
+        for method in [args.only] if args.only else list(METHODS):
+            if method == "zero_shot" and seed != args.seeds[0]:
+                continue  # no training: the same model whatever the seed
+            target = RUNS / f"{method}_seed{seed}.json"
+            if target.is_file():
+                continue
+            cmd = [sys.executable, __file__, "--data-root", args.data_root, "--work", str(work), "--only", method,
+                   "--seeds", str(seed)] + (["--eval-limit", str(args.eval_limit)] if args.eval_limit else [])
+            out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+            _write_json(target, json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
+            runs = [json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))]
+            _write_json(RESULTS / "vqa_rad.json", summarize(runs))
+            update_grounding(runs)
+            print(table(summarize(runs)), flush=True)
 
 
 if __name__ == "__main__":

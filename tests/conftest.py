@@ -15,4 +15,5 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SSLORA_CACHE", str(tmp_path_factory.mktemp("sslora-cache")))
+    monkeypatch.setenv("MEDQWEN_FEATURE_CACHE", str(tmp_path_factory.mktemp("feature-cache")))
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""`medqwen train | eval | predict | demo` — each command is the typed function below."""
+"""`medqwen train | eval | predict | demo | continual` — each command is the typed function below."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def load_trained(model_dir: str | Path):
     return model.eval()
 
 
-def train(config: Path, data_root: Optional[Path] = None, output_dir: Optional[Path] = None, resume: bool = False) -> dict:
+def train(config: Path, data_root: Optional[Path] = None, output_dir: Optional[Path] = None, resume: bool = False,
+          overwrite: bool = False) -> dict:
     """Run an experiment YAML: every stage in order, then its evaluation sets.
 
     Args:
@@ -36,13 +37,15 @@ def train(config: Path, data_root: Optional[Path] = None, output_dir: Optional[P
         data_root: value of ${data_root} in the config (e.g. ../shared/data).
         output_dir: overrides the config's output_dir.
         resume: continue from the newest checkpoint of each unfinished stage.
+        overwrite: delete a non-empty output folder and start over (without it, or --resume, a
+            non-empty output folder is refused).
     """
     from medqwen.training import load_experiment, run_experiment
 
     experiment = load_experiment(config, {"data_root": str(data_root) if data_root else None})
     if output_dir is not None:
         experiment.output_dir = str(output_dir)
-    results = run_experiment(experiment, resume=resume)
+    results = run_experiment(experiment, resume=resume, overwrite=overwrite)
     if "final_dir" in results:  # the main process under `accelerate launch`
         _print_scores(results["eval"])
         print(f"saved to {results['final_dir']}")
@@ -84,22 +87,46 @@ def predict(model_dir: Path, image: Optional[Path] = None, question: Optional[st
 
     Args:
         model_dir: a trained model folder (the `final/` of `medqwen train`).
-        image: an image file.
+        image: an image file (PNG, JPEG, ... or DICOM .dcm: rescaled, windowed, middle frame).
         question: the question about it.
         file: JSONL with one {"image", "question"} object per line (instead of --image/--question).
         max_new_tokens: longest answer in tokens.
     """
-    from PIL import Image
+    from medqwen.data.schema import open_image
 
     if (image is None) != (question is None) or (file is None) == (image is None):
         raise ValueError("give either --image and --question, or --file")
     items = [{"image": str(image), "question": question}] if file is None else _read_jsonl(file)
     model = load_trained(model_dir)
-    images = [[Image.open(item["image"]).convert("RGB")] for item in items]
+    images = [[open_image(item["image"])] for item in items]
     answers = model.generate(images, [item["question"] for item in items], max_new_tokens)
     for item, answer in zip(items, answers):
         print(json.dumps({**item, "answer": answer}))
     return answers
+
+
+def serve(model_dir: Path, port: int = 7860, host: str = "127.0.0.1", max_new_tokens: int = 24,
+          max_pixels: int = 50_000_000, examples_dir: Optional[Path] = None) -> None:
+    """Web page (Gradio) to ask a trained model about an image: PNG, JPEG or DICOM upload, a question,
+    the answer, the answer with the image blanked, and which experts each adapted layer chose.
+
+    Args:
+        model_dir: a trained model folder (the `final/` of `medqwen train`: model/ and optional adapter/).
+        port: TCP port of the page.
+        host: address to bind; 127.0.0.1 serves this machine only (0.0.0.0 would expose it to the network).
+        max_new_tokens: longest answer in tokens.
+        max_pixels: largest image accepted (width x height), checked before decoding.
+        examples_dir: where the clickable synthetic examples are written (default: ~/.cache/medqwen/serve_examples).
+    """
+    try:
+        import gradio  # noqa: F401
+        import matplotlib  # noqa: F401
+
+        from medqwen.serve import launch
+    except ImportError as err:
+        raise ValueError(f"medqwen serve needs the serve extra ({err.name} is missing): pip install 'medqwen[serve]'") from err
+    launch(model_dir, host=host, port=port, max_new_tokens=max_new_tokens, max_pixels=max_pixels,
+           examples_dir=examples_dir)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -142,7 +169,7 @@ def demo(data_root: Optional[Path] = None, output_dir: Path = Path("runs/demo"),
         variables = {"data_root": str(data_root)}
     experiment = load_experiment(config, variables)
     experiment.output_dir = str(output_dir)
-    results = run_experiment(experiment, resume=resume)
+    results = run_experiment(experiment, resume=resume, overwrite=not resume)  # the demo's own folder: re-running starts over
     _print_scores(results["eval"])
     first = experiment.eval[0]
     predictions = Path(output_dir) / "eval" / f"{first.format}_{first.split}_predictions.jsonl"
@@ -153,20 +180,56 @@ def demo(data_root: Optional[Path] = None, output_dir: Path = Path("runs/demo"),
     return results
 
 
+def continual(config: Path, method: Optional[str] = None, seed: Optional[int] = None, data_root: Optional[Path] = None,
+              output_dir: Optional[Path] = None, start_from: Optional[Path] = None, var: Optional[list[str]] = None,
+              max_steps: Optional[int] = None, max_train: Optional[int] = None, max_eval: Optional[int] = None) -> dict:
+    """Continual learning: train the tasks of a sequence YAML one after another with one model and one
+    adapter; after each task score every task (matrix R), then forgetting, BWT, FWT, JSON/Markdown/PNG.
+
+    Resumable: re-running the same command continues an interrupted run (finished tasks are not redone).
+
+    Args:
+        config: sequence YAML (see benchmarks/continual/sequence.yaml).
+        method: a method YAML, or a name in methods/ or ablations/ next to the sequence (lora, sslora, ...).
+        seed: run seed (adapter init, sample order); evaluation subsets do not depend on it.
+        data_root: value of ${data_root} in the config (e.g. ../shared/data).
+        output_dir: the run folder (default: <output_dir of the config>/<method>/seed<seed>).
+        start_from: a saved model folder to start from (e.g. a stage-2 final/), instead of the config's model.
+        var: NAME=VALUE overrides of the sequence's variables (e.g. steps_brain=20 eval_per_class=10).
+        max_steps: cap every task's training steps (smoke runs).
+        max_train: cap every training dataset to this many samples (smoke runs).
+        max_eval: cap every evaluation dataset to this many samples (smoke runs).
+    """
+    import dataclasses
+
+    from medqwen.continual import apply_limits, load_sequence, parse_overrides, run_sequence
+
+    sequence = load_sequence(config, data_root=str(data_root) if data_root else None, method=method,
+                             overrides=parse_overrides(var))
+    changes = {k: v for k, v in (("seed", seed), ("start_from", str(start_from) if start_from else None)) if v is not None}
+    sequence = apply_limits(dataclasses.replace(sequence, **changes), max_steps=max_steps, max_train=max_train, max_eval=max_eval)
+    results = run_sequence(sequence, output_dir=output_dir)
+    print(f"results: {Path(results['output_dir']) / 'results.md'}")
+    return results
+
+
 def _print_scores(scores: dict) -> None:
     for name, metrics in scores.items():
         keys = ("closed_acc", "open_recall", "exact_match", "blank_image/closed_acc", "blank_image/open_recall",
-                "bleu_4", "rouge_l", "meteor", "cider_d", "accuracy", "f1", "yes_ratio")
+                "acc", "blank_image/acc", "majority", "bleu_4", "rouge_l", "meteor", "cider_d", "accuracy", "f1", "yes_ratio")
         shown = {k: metrics[k] for k in keys if k in metrics}
         print(f"{name}: " + ", ".join(f"{k}={v:.3f}" for k, v in shown.items()) + f" (n={metrics.get('n')})")
 
 
 def main(argv: list[str] | None = None) -> None:
+    from medqwen.errors import TrainingDiverged
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         run("medqwen", "MedQwen: medical VLMs with Sparse Spectral LoRA",
-            {"train": train, "eval": eval, "predict": predict, "demo": demo}, argv, positional={"train": ["config"]})
-    except (ValueError, FileNotFoundError, KeyError) as err:
+            {"train": train, "eval": eval, "predict": predict, "serve": serve, "demo": demo, "continual": continual}, argv,
+            positional={"train": ["config"], "continual": ["config"]})
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, TrainingDiverged) as err:
         print(f"medqwen: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
 

@@ -10,9 +10,23 @@ j owning rows / columns [j*d, (j+1)*d).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .router import TopKRouter, load_balancing_loss
+
+
+def _plain_linear(base: nn.Module) -> bool:
+    """Is `base` exactly nn.Linear with no forward (pre-)hooks, so that its output is the adapter's to
+    update in place? (Quantised or custom subclasses and hooked modules get an out-of-place sum.)"""
+    module = nn.modules.module
+    return (
+        type(base) is nn.Linear
+        and not base._forward_hooks
+        and not base._forward_pre_hooks
+        and not getattr(module, "_global_forward_hooks", None)  # private in torch: skipped if moved
+        and not getattr(module, "_global_forward_pre_hooks", None)
+    )
 
 
 class SpectralExperts(nn.Module):
@@ -63,6 +77,12 @@ class SSLoRALayer(nn.Module):
         scaling: s.
         dropout: dropout probability on the adapter input.
         context: shared routing context (padding mask); a private one if None.
+
+    One forward for training and inference (`forward`): only the balance loss (training mode with
+    `compute_aux_loss`) and the routing statistics (`record_stats`, off by default) depend on the
+    mode. No weight is concatenated or copied per call, so there is nothing to cache or invalidate:
+    eval outputs follow every change of the adapter tensors (optimizer steps, loading, `.data`
+    writes) and do not depend on whether autograd is on.
     """
 
     def __init__(
@@ -82,66 +102,140 @@ class SSLoRALayer(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.context = context or RoutingContext()
         self.is_conv = isinstance(base, nn.Conv2d)
+        # fixed at construction; plain attributes (submodule attributes go through Module.__getattr__)
+        self._num_experts, self._top_k, self._expert_rank = experts.num_experts, router.top_k, experts.expert_rank
         self.disabled = False
         self.compute_aux_loss = True
         self.last_aux_loss: torch.Tensor | None = None
+        # routing statistics cost a few ops per call: off unless asked for (SSLoRAModel.record_routing_stats)
+        self.record_stats = False
+        # calls with at most this many tokens and no adapter gradient gather the k chosen experts'
+        # rows per token instead of computing all N (`_gather_delta`). 0 = never: measured slower
+        # than the dense path at every decoding size tried (1-16 tokens, 576-18944 wide).
+        self.gather_max_tokens = 0
         self._original_weight: torch.Tensor | None = None
         n = experts.num_experts
         self.register_buffer("expert_counts", torch.zeros(n, device=experts.lora_A.device), persistent=False)
         self.register_buffer("gate_sums", torch.zeros(n, device=experts.lora_A.device), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
+        """y = W0 x - res_B (res_A x) + s [B_1..B_N] (g (x) A x), g = top-k gates spread over each
+        expert's d columns (zeros elsewhere).
+
+        Cost: the down-projections A x, res_A x (frozen: no weight gradient) and the fp32 router
+        W_z x; the gates scale A x through a (T, N, d) view; two in-place `addmm_`s add the residual
+        and s times the experts to the base output (a plain nn.Linear's; otherwise to a delta added
+        once). No weight is concatenated, so nothing is copied per call or saved for backward beyond
+        the (T, r) activations, and the frozen residual factors get no weight-gradient products.
+        """
+        modules = self._modules  # dict reads, not Module.__getattr__: this runs per layer per token
+        base = modules["base"]
         if self.disabled:
-            return out
-        tokens = x.movedim(1, -1) if self.is_conv else x  # (..., n)
-        flat = tokens.reshape(-1, tokens.shape[-1])  # (T, n)
-        delta = self._adapter_delta(flat, self.context.valid_tokens(tokens.shape[:-1]))
-        delta = delta.reshape(*tokens.shape[:-1], -1).to(out.dtype)
+            return base(x)
+        experts, residual = modules["experts"]._parameters, modules.get("residual")
+        lora_a, lora_b = experts["lora_A"], experts["lora_B"]
+        leading = x.shape[:1] + x.shape[2:] if self.is_conv else x.shape[:-1]
+        # a plain nn.Linear with no hooks runs on the flattened tokens, so that its (T, m) output is a
+        # fresh tensor the adapter may update in place (no view: autograd would copy it back)
+        plain = not self.is_conv and _plain_linear(base)
+        if plain:
+            flat = x.reshape(-1, x.shape[-1])  # (T, n)
+            out = base(flat)  # (T, m)
+        else:
+            out = base(x)
+            flat = (x.movedim(1, -1) if self.is_conv else x).reshape(-1, x.shape[1 if self.is_conv else -1])
+        if flat.dtype != lora_a.dtype:
+            flat = flat.to(lora_a.dtype)
+        count, width = flat.shape[0], lora_b.shape[0]
+        scaled = gathered = None
+        if count <= self.gather_max_tokens and self._num_experts > 1 and not (
+            torch.is_grad_enabled() and self._adapter_requires_grad()
+        ):
+            gathered = self._gather_delta(flat, leading)  # (T, m)
+        else:
+            scaled = self._gated_hidden(flat, lora_a, leading)  # (T, r), times s below
+        if residual is not None:
+            res_a, res_b = residual._buffers["res_A"], residual._buffers["res_B"]
+        if plain and out.dtype == flat.dtype:  # the sums fused into the up-projections, in place
+            if residual is not None:
+                out.addmm_(F.linear(flat, res_a), res_b.T, alpha=-1)
+            if scaled is not None:
+                out.addmm_(scaled, lora_b.T, alpha=self.scaling)
+            else:
+                out.add_(gathered)
+            return out.view(*leading, width)
+        delta = F.linear(scaled * self.scaling, lora_b) if scaled is not None else gathered
+        if residual is not None:  # out of place: under autocast, addmm casts its arguments, addmm_ does not
+            delta = torch.addmm(delta, F.linear(flat, res_a), res_b.T, alpha=-1)
+        delta = delta.to(out.dtype)
+        if plain:
+            return (out + delta).view(*leading, width)
+        delta = delta.view(*leading, width)
         return out + (delta.movedim(-1, 1) if self.is_conv else delta)
 
-    def _adapter_delta(self, flat: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        """flat (T, n) -> s * sum_{i in topk} R_i B_i A_i x - W_res x, (T, m); no loop over experts.
+    def _gated_hidden(self, flat: torch.Tensor, lora_a: torch.Tensor, leading_shape: torch.Size) -> torch.Tensor:
+        """(T, r): R_i(x) * (A_i x) in expert i's d columns, 0 for experts off the top-k (s is
+        applied by the up-projection)."""
+        dropout = self._modules["dropout"]
+        hidden = F.linear(flat if type(dropout) is nn.Identity else dropout(flat), lora_a)  # (T, r)
+        count, n_exp = hidden.shape[0], self._num_experts
+        if n_exp == 1 and not (self.training and self.compute_aux_loss):
+            # a one-way softmax is exactly 1: N = 1 is LoRA (+ residual), the router need not run
+            if self.last_aux_loss is not None:
+                self.last_aux_loss = None
+            if self.record_stats:
+                self._accumulate_stats(torch.ones(count, 1, device=flat.device), self.context.valid_tokens(leading_shape))
+            return hidden
+        router = self._modules["router"]
+        gates, indices, logits = router.route(router.logits(flat))  # fp32 (T, N): zeros off the top-k
+        self._record_routing(gates, indices, logits, leading_shape)
+        if gates.dtype != hidden.dtype:
+            gates = gates.to(hidden.dtype)
+        return (hidden.view(count, n_exp, self._expert_rank) * gates.unsqueeze(-1)).view(count, hidden.shape[1])
 
-        One down-projection [A; res_A; W_z] (fp32 models) or [A; res_A] + an fp32 router reads x
-        once; the top-k gates, expanded over each expert's d columns (zeros elsewhere), scale the
-        expert columns; one up-projection [B, -res_B] writes the output. Cost: one rank-(2r + N) LoRA.
-        """
-        lora_a, lora_b, residual = self.experts.lora_A, self.experts.lora_B, self.residual
-        r, d = lora_a.shape[0], self.experts.expert_rank
-        flat = flat.to(lora_a.dtype)
-        shared = isinstance(self.dropout, nn.Identity)  # with dropout only the experts see a dropped x
-        route_fused = shared and lora_a.dtype == torch.float32  # the router must stay fp32
-        down = [lora_a] + ([residual.res_A] if shared and residual is not None else [])
-        hidden = self.dropout(flat) @ torch.cat(down + ([self.router.weight] if route_fused else [])).T
-        if route_fused:
-            gates, indices, logits = self.router.route(hidden[:, r * len(down) :])
-            hidden = hidden[:, : r * len(down)]
-        else:
-            gates, indices, logits = self.router(flat)
-        self._record_routing(gates, indices, logits, valid)
-        gate_cols = (gates.to(lora_a.dtype) * self.scaling).repeat_interleave(d, dim=-1)  # (T, r), 0 off top-k
-        if len(down) == 1:
-            delta = (hidden * gate_cols) @ lora_b.T
-        else:
-            hidden = torch.cat([hidden[:, :r] * gate_cols, hidden[:, r:]], dim=-1)
-            delta = hidden @ torch.cat([lora_b, -residual.res_B], dim=1).T
-        if residual is not None and not shared:
-            delta = delta - (flat @ residual.res_A.T) @ residual.res_B.T
-        return delta
+    def _gather_delta(self, flat: torch.Tensor, leading_shape: torch.Size) -> torch.Tensor:
+        """(T, m): the experts' term from only the k chosen experts per token (batched gathers of
+        their rows of A and columns of B, then bmm); for calls without adapter gradients."""
+        count, k, d, n_exp = flat.shape[0], self._top_k, self._expert_rank, self._num_experts
+        lora_a, lora_b = self.experts.lora_A, self.experts.lora_B
+        logits = self.router.logits(flat)
+        top, indices = logits.topk(k, dim=-1)
+        weights = top.softmax(dim=-1)
+        gates = torch.zeros_like(logits).scatter_(1, indices, weights) if self.record_stats else None
+        self._record_routing(gates, indices, logits, leading_shape)
+        rows = lora_a.view(n_exp, d, -1)[indices].view(count, k * d, -1)  # (T, k d, n)
+        hidden = torch.bmm(rows, flat.unsqueeze(-1)).view(count, k, d)
+        scaled = hidden * (weights.to(hidden.dtype) * self.scaling).unsqueeze(-1)
+        columns = lora_b.view(-1, n_exp, d)[:, indices].permute(1, 0, 2, 3)  # (T, m, k, d)
+        return torch.bmm(columns.reshape(count, -1, k * d), scaled.view(count, k * d, 1)).view(count, -1)
 
-    def _record_routing(self, gates, indices, logits, valid: torch.Tensor | None) -> None:
-        with torch.no_grad():  # tensors only: no host sync in the hot path
-            chosen = (gates > 0).float()
-            weighted = gates.detach()
-            if valid is not None:
-                chosen, weighted = chosen * valid[:, None], weighted * valid[:, None]
-            self.expert_counts += chosen.sum(0)
-            self.gate_sums += weighted.sum(0)
-        self.last_aux_loss = None
-        if self.training and self.compute_aux_loss:
-            self.last_aux_loss = load_balancing_loss(logits, indices, self.router.num_experts, valid)
+    def _adapter_requires_grad(self) -> bool:
+        return self.experts.lora_A.requires_grad or self.experts.lora_B.requires_grad or self.router.weight.requires_grad
 
+    def _record_routing(self, gates, indices, logits, leading_shape: torch.Size) -> None:
+        """Balance loss (training mode, compute_aux_loss) and statistics (record_stats) only."""
+        want_aux = self.training and self.compute_aux_loss
+        if self.last_aux_loss is not None:  # (nn.Module.__setattr__ is slow enough to matter per token)
+            self.last_aux_loss = None
+        if not (want_aux or self.record_stats):
+            return
+        valid = self.context.valid_tokens(leading_shape)
+        if self.record_stats:
+            self._accumulate_stats(gates, valid)
+        if want_aux:
+            self.last_aux_loss = load_balancing_loss(logits, indices, self._num_experts, valid)
+
+    @torch.no_grad()
+    def _accumulate_stats(self, gates: torch.Tensor, valid: torch.Tensor | None) -> None:
+        """Tensors only: no host sync in the hot path."""
+        chosen = (gates > 0).float()
+        weighted = gates.detach().float()
+        if valid is not None:
+            chosen, weighted = chosen * valid[:, None], weighted * valid[:, None]
+        self.expert_counts += chosen.sum(0)
+        self.gate_sums += weighted.sum(0)
+
+    # ------------------------------------------------------------------ adapter state
     def adapter_parameters(self) -> list[nn.Parameter]:
         """The trainable tensors: experts, and the router unless N = 1 (a one-way softmax is always 1,
         so that router would get zero gradient: N = 1 is plain LoRA and counts as such)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from typing import Iterator
 
 import torch
@@ -163,12 +164,28 @@ class SSLoRAModel(nn.Module):
             return torch.zeros((), device=next(self.parameters()).device)
         return self.sslora_config.aux_loss_coef * torch.stack(losses).mean()
 
+    def record_routing_stats(self, enabled: bool = True) -> None:
+        """Start (or stop) accumulating routing statistics in every layer, in training and eval.
+
+        Off by default: the bookkeeping costs a few tensor ops per layer call, which decoding
+        pays once per layer per token. Read them with `routing_stats()`.
+        """
+        for layer in self.sslora_layers().values():
+            layer.record_stats = enabled
+
     def routing_stats(self, reset: bool = False) -> dict[str, dict[str, list[float]]]:
         """Per layer, per expert: tokens routed (`counts`), their share (`fraction`) and the mean gate
         weight of tokens that chose the expert (`mean_gate`), accumulated since the last reset
-        (padding excluded)."""
+        (padding excluded) while recording was on (`record_routing_stats()`)."""
         stats = {}
-        for name, layer in self.sslora_layers().items():
+        layers = self.sslora_layers()
+        if not any(layer.record_stats or bool(layer.expert_counts.any()) for layer in layers.values()):
+            warnings.warn(
+                "no routing statistics recorded (off by default): call model.record_routing_stats() "
+                "before the forward passes to count",
+                stacklevel=2,
+            )
+        for name, layer in layers.items():
             counts = layer.expert_counts.detach().cpu()
             gates = layer.gate_sums.detach().cpu()
             stats[name] = {

@@ -6,6 +6,13 @@ import torch
 from torch import nn
 
 
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: only the CUDA flag without an argument
+        return device_type == "cuda" and torch.is_autocast_enabled()
+
+
 class TopKRouter(nn.Module):
     """z = W_z x in fp32; keep the top-k logits, softmax over them; all other experts get weight 0.
 
@@ -28,7 +35,19 @@ class TopKRouter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (T, n) -> gates (T, N) fp32 dense (zeros off the top-k), indices (T, k), logits (T, N) fp32."""
-        return self.route(x.float() @ self.weight.T)
+        return self.route(self.logits(x))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (T, n) -> W_z x (T, N) in fp32 (or the router's dtype if wider, e.g. after model.double()),
+        also under autocast (which would run the product in bf16 / fp16)."""
+        if _autocast_on(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self.logits(x)
+        weight = self.weight
+        if weight.dtype == torch.float32:
+            return torch.nn.functional.linear(x if x.dtype == torch.float32 else x.float(), weight)
+        dtype = torch.promote_types(weight.dtype, torch.float32)
+        return x.to(dtype) @ weight.to(dtype).T
 
     def route(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """logits (T, N) fp32 -> (gates, indices, logits); split out so a caller may fuse W_z x into
@@ -55,7 +74,7 @@ def load_balancing_loss(
         count = weight.sum().clamp_min(1.0)
         probs, routed = probs * weight, routed * weight
     else:
-        count = torch.tensor(float(logits.shape[0]), device=logits.device).clamp_min(1.0)
+        count = float(max(logits.shape[0], 1))  # a Python number: no tensor made per call
     fraction = routed.sum(0) / (count * indices.shape[-1])
     mean_prob = probs.sum(0) / count
     return num_experts * (fraction * mean_prob).sum()

@@ -154,10 +154,16 @@ def test_aux_loss_uniform_routing_is_one_and_off_in_eval():
     assert layer.last_aux_loss is None
 
 
-def test_routing_stats_count_tokens_and_gates():
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_routing_stats_count_tokens_and_gates(mode):
     layer, _ = make_layer(40, 48, r=8, num_experts=4, top_k=2)
+    layer.train(mode == "train")
     x = torch.randn(10, 48)
     layer(x)
+    assert layer.expert_counts.sum().item() == 0  # off unless asked for
+    layer.record_stats = True
+    with torch.no_grad():
+        layer(x)
     gates, _, _ = layer.router(x)
     torch.testing.assert_close(layer.expert_counts, (gates > 0).float().sum(0))
     torch.testing.assert_close(layer.gate_sums, gates.sum(0))
@@ -176,3 +182,56 @@ def test_dropout_path_matches_reference_in_eval(init):
     torch.manual_seed(1)
     noisy = layer(x)
     assert not torch.allclose(noisy, reference_forward(layer.eval(), x))
+
+
+def test_hooked_or_subclassed_base_sees_its_own_output():
+    """The adapter adds into a plain nn.Linear's output in place; a forward hook must still see the
+    base output, and a Linear subclass (e.g. a quantised one) gets an out-of-place sum."""
+
+    class MyLinear(torch.nn.Linear):
+        pass
+
+    x = torch.randn(2, 3, 48, requires_grad=True)
+    for case in ("hook", "subclass"):
+        layer, _ = make_layer(40, 48, r=8, num_experts=4, top_k=2)
+        _perturb(layer)
+        if case == "subclass":
+            sub = MyLinear(48, 40)
+            sub.load_state_dict(layer.base.state_dict())
+            sub.requires_grad_(False)
+            layer.base = sub
+        seen = []
+        layer.base.register_forward_hook(lambda module, args, output: seen.append((output, output.clone())))
+        _check_against_reference(layer, x, atol=1e-5, rtol=1e-4)
+        assert all(torch.equal(output, copy) for output, copy in seen)
+
+
+def test_gradients_when_only_the_adapter_needs_them():
+    """First adapted layer of a frozen network: x has no grad, the adapter does (in-place path)."""
+    layer, _ = make_layer(40, 48, r=8, num_experts=4, top_k=2)
+    _perturb(layer)
+    x = torch.randn(2, 5, 48)
+    upstream = torch.randn(2, 5, 40)
+    grads = []
+    for forward in (layer.forward, lambda inp: reference_forward(layer, inp)):
+        for p in _params(layer):
+            p.grad = None
+        (forward(x) * upstream).sum().backward()
+        grads.append([p.grad.clone() for p in _params(layer)])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_autocast_bf16_on_an_fp32_layer():
+    """Mixed precision (what accelerate's bf16 does on GPUs; CPU autocast here): forward and
+    backward run and stay close to the fp32 reference."""
+    layer, _ = make_layer(40, 48, r=8, num_experts=4, top_k=2)
+    _perturb(layer)
+    x = torch.randn(2, 5, 48, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and all(p.grad is not None for p in _params(layer))
+    torch.testing.assert_close(out.float(), reference_forward(layer, x), atol=5e-2, rtol=5e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer.router.logits(x.reshape(-1, 48)).dtype == torch.float32  # the router stays fp32

@@ -222,5 +222,11 @@ def test_tiny_qwen2_5_vl(preset, vision_layers, tmp_path):
     model.save_pretrained(tmp_path)
     reloaded = SSLoRAModel.from_pretrained(tiny_qwen2_5_vl(), tmp_path)
     assert torch.equal(reloaded(**inputs).logits, expected)
+    with pytest.warns(UserWarning, match="no routing statistics recorded"):
+        assert all(sum(s["counts"]) == 0 for s in reloaded.routing_stats().values())
+    reloaded.record_routing_stats()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, expected)  # grad off: same bits
     stats = reloaded.routing_stats()
     assert len(stats) == len(names) and all(len(s["counts"]) == 4 for s in stats.values())
+    assert all(sum(s["counts"]) > 0 for s in stats.values())

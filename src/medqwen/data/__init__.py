@@ -17,17 +17,17 @@ from .medmnist import read_medmnist
 from .omnimedvqa import format_options, read_omnimedvqa
 from .registry import READERS, read_dataset, register_reader
 from .schema import (
-    ANSWER_TYPES, DataError, Sample, SampleList, load_image, normalize_answer, normalize_text,
-    to_rgb,
+    ANSWER_TYPES, DataError, ImageLoadError, Sample, SampleList, load_image, normalize_answer,
+    normalize_text, open_image, to_rgb,
 )
 from .vqa import read_pathvqa, read_slake, read_vqa_rad
 
 _LAZY = {"VQADataset", "mix_datasets", "collate_samples"}
 
 __all__ = [
-    "ANSWER_TYPES", "DataError", "READERS", "Sample", "SampleList", "VQADataset",
+    "ANSWER_TYPES", "DataError", "ImageLoadError", "READERS", "Sample", "SampleList", "VQADataset",
     "collate_samples", "format_options", "load_image", "mix_datasets", "normalize_answer",
-    "normalize_text", "read_dataset", "read_hf", "read_iu_xray", "read_llava_med",
+    "normalize_text", "open_image", "read_dataset", "read_hf", "read_iu_xray", "read_llava_med",
     "read_medmnist", "read_omnimedvqa", "read_pathvqa", "read_roco", "read_slake",
     "read_vqa_rad", "register_reader", "strip_image_token", "to_rgb",
 ]

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .captions import read_iu_xray, read_roco
+from .grounding import read_roco_grounding, read_vqa_rad_organ
 from .hf import HF_PREFIX, read_hf
+from .image_folder import read_image_folder
 from .llava_med import read_llava_med
 from .medmnist import read_medmnist
 from .omnimedvqa import read_omnimedvqa
@@ -31,6 +33,9 @@ READERS: dict[str, Reader] = {
     "iu_xray": read_iu_xray,
     "medmnist": read_medmnist,
     "synthetic": read_synthetic,
+    "roco_grounding": read_roco_grounding,
+    "vqa_rad_organ": read_vqa_rad_organ,
+    "image_folder": read_image_folder,
 }
 ALIASES = {
     "vqarad": "vqa_rad", "path_vqa": "pathvqa", "omnimed_vqa": "omnimedvqa",

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 ANSWER_TYPES = ("closed", "open")
 
@@ -129,18 +129,60 @@ def normalize_answer(text: Any) -> str:
     return normalize_text(text).lower()
 
 
+class ImageLoadError(ValueError):
+    """An image file that cannot be read or shown; the message names the file."""
+
+
 def load_image(sample: Sample, index: int = 0) -> Image.Image:
     """Return image ``index`` of ``sample`` as an RGB PIL image.
 
-    In-memory images (``sample.image``) win over paths. Raises ValueError for
-    text-only samples.
+    In-memory images (``sample.image``) win over paths; files go through
+    :func:`open_image` (so DICOM works too). Raises ValueError for text-only
+    samples.
     """
     if sample.image is not None:
         return to_rgb(sample.image)
     if not sample.images:
         raise ValueError(f"{sample.source} sample has no image (text-only)")
-    with Image.open(sample.images[index]) as im:
-        return to_rgb(im)
+    return open_image(sample.images[index])
+
+
+def open_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Image:
+    """Read an image file as an RGB PIL image: the one loader of training, ``predict`` and ``serve``.
+
+    DICOM files (``.dcm``/``.dicom``/``.dic``, or the ``DICM`` magic) go through
+    :func:`medqwen.data.dicom.load_dicom` (rescale, window, MONOCHROME1, middle
+    frame); everything else through PIL and :func:`to_rgb` (16-bit and float
+    images are rescaled, not clipped). ``max_pixels`` rejects larger images
+    from their header, before decoding. Raises :class:`ImageLoadError` (a
+    ValueError) naming the file.
+    """
+    from .dicom import is_dicom, load_dicom
+
+    if is_dicom(path):
+        return load_dicom(path, max_pixels=max_pixels)
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageLoadError(
+                    f"{path}: image is {width} x {height} = {width * height:,} pixels, "
+                    f"more than the limit of {max_pixels:,} pixels"
+                )
+            im.load()
+            return to_rgb(im)
+    except ImageLoadError:
+        raise
+    except FileNotFoundError as err:
+        raise ImageLoadError(f"{path}: no such file") from err
+    except IsADirectoryError as err:
+        raise ImageLoadError(f"{path}: is a folder, not an image file") from err
+    except UnidentifiedImageError as err:
+        raise ImageLoadError(f"{path}: not an image file (neither a format PIL reads nor DICOM)") from err
+    except Image.DecompressionBombError as err:
+        raise ImageLoadError(f"{path}: image too large to decode safely ({err})") from err
+    except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt data
+        raise ImageLoadError(f"{path}: unreadable image ({type(err).__name__}: {err})") from err
 
 
 def to_rgb(image: Any) -> Image.Image:

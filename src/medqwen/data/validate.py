@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from PIL import Image
-
-from .schema import ANSWER_TYPES, DataError, Sample, SampleList
+from .schema import ANSWER_TYPES, DataError, Sample, SampleList, open_image
 
 log = logging.getLogger("medqwen.data")
 
@@ -126,8 +124,7 @@ class ImageResolver:
             return MISSING_IMAGE, f"no file at {path}"
         if self.verify_images:
             try:
-                with Image.open(path) as im:
-                    im.load()  # verify() alone misses truncated JPEGs
+                open_image(path)  # a full decode: verify() alone misses truncated JPEGs; DICOM too
             except Exception as exc:  # PIL raises many types for bad files
                 return UNREADABLE_IMAGE, f"{path}: {type(exc).__name__}: {exc}"
         return None

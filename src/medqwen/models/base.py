@@ -61,6 +61,9 @@ class VLMOutput:
     answer_labels: Tensor | None = None
 
 
+NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # saved with their group
+
+
 def normalize_images(images: ImagesArg, batch_size: int) -> list[list[Image.Image]]:
     """Turn ``None`` / ``[PIL|None, ...]`` / ``[[PIL, ...], ...]`` into one list of images per sample."""
     if images is None:
@@ -95,14 +98,17 @@ def labelled_lm_loss(hidden: Tensor, labels: Tensor, lm_head: nn.Module) -> tupl
     return F.cross_entropy(logits.float(), tgt), logits, tgt
 
 
-def lm_output(hidden: Tensor, labels: Tensor | None, lm_head: nn.Module, full_logits: bool) -> VLMOutput:
+def lm_output(hidden: Tensor, labels: Tensor | None, lm_head: nn.Module, full_logits: bool, logits_to_keep: int = 0) -> VLMOutput:
     """Final hidden states (B, L, H) -> VLMOutput: answer-only loss when labels are given (LM head
-    applied at labelled positions only), full logits (B, L, V) without labels or with full_logits."""
+    applied at labelled positions only), full logits (B, L, V) without labels or with full_logits.
+    ``logits_to_keep=n`` (without labels) projects only the last n positions: (B, n, V)."""
     result = VLMOutput()
     if labels is not None:
         result.loss, result.answer_logits, result.answer_labels = labelled_lm_loss(hidden, labels, lm_head)
-    if labels is None or full_logits:
+    if full_logits or (labels is None and not logits_to_keep):
         result.logits = lm_head(hidden)
+    elif labels is None:
+        result.logits = lm_head(hidden[:, -logits_to_keep:])
     return result
 
 
@@ -312,7 +318,17 @@ class VisionLanguageModel(nn.Module, ABC):
 
     # ---------------------------------------------------------------- saving
     def _named_group_params(self, groups: Sequence[str]) -> dict[str, nn.Parameter]:
-        by_id = {id(p): n for n, p in self.named_parameters(remove_duplicate=True)}
+        """Parameters of the named groups by their name in the model *without* adapters: an adapter
+        layer that wraps a module as ``.base`` (SSLoRA) does not change the saved names, so a
+        language model trained before an adapter was attached saves and loads the same way."""
+        wrapped = [f"{name}.base." for name, m in self.named_modules() if name and hasattr(m, "unwrap") and hasattr(m, "base")]
+        by_id = {}
+        for n, p in self.named_parameters(remove_duplicate=True):
+            for prefix in wrapped:
+                if n.startswith(prefix):
+                    n = prefix[: -len("base.")] + n[len(prefix):]
+                    break
+            by_id[id(p)] = n
         all_groups = self.trainable_groups()
         out: dict[str, nn.Parameter] = {}
         for g in groups:
@@ -320,6 +336,18 @@ class VisionLanguageModel(nn.Module, ABC):
                 raise KeyError(f"unknown group {g!r}; known: {sorted(all_groups)}")
             for p in all_groups[g]:
                 out[by_id[id(p)]] = p
+        return out
+
+    def _group_buffers(self, groups: Sequence[str]) -> dict[str, Tensor]:
+        """Persistent buffers of the named groups' modules (e.g. BatchNorm running statistics)."""
+        modules = self._group_modules()
+        out = {}
+        for g in groups:
+            for module in modules.get(g, []):
+                prefix = next(n for n, m in self.named_modules() if m is module)
+                for name, buf in module.named_buffers():
+                    if name.rsplit(".", 1)[-1] in NORM_STATISTICS:  # not adapter buffers, not rotary caches
+                        out[f"{prefix}.{name}" if prefix else name] = buf.detach().to("cpu").contiguous().clone()
         return out
 
     def extra_config(self) -> dict[str, Any]:
@@ -337,6 +365,7 @@ class VisionLanguageModel(nn.Module, ABC):
         path.mkdir(parents=True, exist_ok=True)
         params = self._named_group_params(groups)
         tensors = {n: p.detach().to("cpu").contiguous().clone() for n, p in params.items()}
+        tensors.update(self._group_buffers(groups))
         save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
         config = {
             "format": "medqwen-vlm",
@@ -359,12 +388,16 @@ class VisionLanguageModel(nn.Module, ABC):
             raise ValueError(f"{path / CONFIG_NAME} is not a medqwen-vlm config")
         state = load_file(str(path / config.get("weights", WEIGHTS_NAME)))
         expected = self._named_group_params(config["groups"])
+        buffers = dict(self.named_buffers())
         missing = set(expected) - set(state)
-        unexpected = set(state) - set(expected)
+        unexpected = set(state) - set(expected) - set(buffers)
         if strict and (missing or unexpected):
             raise KeyError(f"weights do not match: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
         with torch.no_grad():
             for name, tensor in state.items():
+                if name in buffers and name not in expected:
+                    buffers[name].copy_(tensor.to(buffers[name].dtype))
+                    continue
                 if name in expected:
                     p = expected[name]
                     if p.shape != tensor.shape:

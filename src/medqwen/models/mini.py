@@ -57,6 +57,13 @@ def preprocess_images(images: Sequence[Image.Image], size: int = 224) -> Tensor:
     return torch.from_numpy(x.astype(np.float32)).permute(0, 3, 1, 2).contiguous()
 
 
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the channel dimension of (..., C) token features (statistics over all tokens)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
 class MedQwenMini(VisionLanguageModel):
     """Frozen conv image encoder + MLP projector + causal LM (see the module docstring).
 
@@ -74,6 +81,7 @@ class MedQwenMini(VisionLanguageModel):
         feature_dim: int,
         image_size: int = 224,
         projector_hidden: int | None = None,
+        projector_norm: bool | str = False,
         image_token: str = DEFAULT_IMAGE_TOKEN,
         system_prompt: str | None = None,
         model_type: str = "medqwen-mini",
@@ -90,8 +98,20 @@ class MedQwenMini(VisionLanguageModel):
         self.feature_dim = feature_dim
         hidden = lm.config.hidden_size
         self.projector_hidden = projector_hidden or hidden
+        self.projector_norm = projector_norm
+        # projector_norm: normalise the image features first. EfficientNet's post-activation features
+        # share a large non-negative common component (pooled features of different images have cosine
+        # ~0.5), which an unnormalised projector turns into nearly identical image tokens (cosine ~0.98).
+        # "batchnorm" standardises each channel with running dataset statistics (as a linear probe
+        # does); True / "layernorm" normalises each token across channels.
+        if projector_norm not in (False, None, True, "layernorm", "batchnorm"):
+            raise ValueError(f"projector_norm={projector_norm!r}; allowed: false, 'layernorm', 'batchnorm'")
+        if projector_norm == "batchnorm":
+            layers = [TokenBatchNorm(feature_dim)]
+        else:
+            layers = [nn.LayerNorm(feature_dim)] if projector_norm else []
         self.mm_projector = nn.Sequential(
-            nn.Linear(feature_dim, self.projector_hidden), nn.GELU(), nn.Linear(self.projector_hidden, hidden)
+            *layers, nn.Linear(feature_dim, self.projector_hidden), nn.GELU(), nn.Linear(self.projector_hidden, hidden)
         )
         token_id = tokenizer.convert_tokens_to_ids(image_token)
         if token_id is None or token_id == tokenizer.unk_token_id or len(self._encode_text(image_token)) != 1:
@@ -126,6 +146,7 @@ class MedQwenMini(VisionLanguageModel):
             "projector": {
                 "in_features": self.feature_dim,
                 "hidden": self.projector_hidden,
+                "norm": ("layernorm" if self.projector_norm is True else self.projector_norm) or None,
                 "out_features": self.lm.config.hidden_size,
                 "activation": "gelu",
             },
@@ -217,8 +238,10 @@ class MedQwenMini(VisionLanguageModel):
         image_features: Tensor | None = None,
         blank_images: bool = False,
         full_logits: bool = False,
+        logits_to_keep: int = 0,
     ) -> VLMOutput:
-        """Loss on labelled tokens; logits (B, L, V) only without labels or with ``full_logits``."""
+        """Loss on labelled tokens; logits (B, L, V) only without labels or with ``full_logits``;
+        ``logits_to_keep=n`` without labels: logits of the last n positions only (B, n, V)."""
         embeds = self.embed_inputs(input_ids, pixel_values, image_features, blank_images)
         out = self.lm.model(
             inputs_embeds=embeds,
@@ -226,7 +249,7 @@ class MedQwenMini(VisionLanguageModel):
             position_ids=positions_from_mask(attention_mask),
             use_cache=False,
         )
-        return lm_output(out.last_hidden_state, labels, self.lm.lm_head, full_logits)
+        return lm_output(out.last_hidden_state, labels, self.lm.lm_head, full_logits, logits_to_keep)
 
     @torch.no_grad()
     def generate(
@@ -263,6 +286,7 @@ def medqwen_mini(
     cache_dir: str | Path | None = None,
     system_prompt: str | None = None,
     projector_hidden: int | None = None,
+    projector_norm: bool = False,
     seed: int = 0,
 ) -> MedQwenMini:
     """MedQwen-mini from the installed packages (first call converts SmolLM2's GGUF, ~30 s)."""
@@ -277,9 +301,11 @@ def medqwen_mini(
             tokenizer,
             feature_dim=1280,
             projector_hidden=projector_hidden,
+            projector_norm=projector_norm,
             system_prompt=system_prompt,
             model_type="medqwen-mini",
-            base_config={"name": "medqwen-mini", "kwargs": {"projector_hidden": projector_hidden, "seed": seed}},
+            base_config={"name": "medqwen-mini",
+                         "kwargs": {"projector_hidden": projector_hidden, "projector_norm": projector_norm, "seed": seed}},
         )
 
 
@@ -290,6 +316,7 @@ def tiny_mini(
     num_layers: int = 2,
     feature_dim: int = 32,
     projector_hidden: int | None = None,
+    projector_norm: bool = False,
     system_prompt: str | None = None,
 ) -> MedQwenMini:
     """MedQwen-mini's architecture at toy size, random and deterministic in ``seed`` (builds in ms).
@@ -323,6 +350,7 @@ def tiny_mini(
         "num_layers": num_layers,
         "feature_dim": feature_dim,
         "projector_hidden": projector_hidden,
+        "projector_norm": projector_norm,
     }
     with seeded(seed):
         vision = TinyConvEncoder(feature_dim)
@@ -333,6 +361,7 @@ def tiny_mini(
             tokenizer,
             feature_dim=feature_dim,
             projector_hidden=projector_hidden,
+            projector_norm=projector_norm,
             system_prompt=system_prompt,
             model_type="tiny-mini",
             base_config={"name": "tiny-mini", "kwargs": kwargs},

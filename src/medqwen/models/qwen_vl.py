@@ -193,8 +193,10 @@ class QwenVL(VisionLanguageModel):
         mm_token_type_ids: Tensor | None = None,
         blank_images: bool = False,
         full_logits: bool = False,
+        logits_to_keep: int = 0,
     ) -> VLMOutput:
-        """Loss on labelled tokens; logits (B, L, V) only without labels or with ``full_logits``."""
+        """Loss on labelled tokens; logits (B, L, V) only without labels or with ``full_logits``;
+        ``logits_to_keep=n`` without labels: logits of the last n positions only (B, n, V)."""
         if mm_token_type_ids is None:
             mm_token_type_ids = (input_ids == self.image_token_id).long()
         mm_outputs = None
@@ -212,7 +214,7 @@ class QwenVL(VisionLanguageModel):
             mm_encoder_outputs=mm_outputs,
             use_cache=False,
         )
-        return lm_output(out.last_hidden_state, labels, self.hf.lm_head, full_logits)
+        return lm_output(out.last_hidden_state, labels, self.hf.lm_head, full_logits, logits_to_keep)
 
     @torch.no_grad()
     def generate(

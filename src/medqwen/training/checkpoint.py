@@ -77,6 +77,9 @@ def save_checkpoint(
     """Write checkpoint-<state['step']> atomically under `directory`; prune to the newest `keep`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    bad = sorted(name for name, tensor in trainable.items() if not bool(torch.isfinite(tensor.detach()).all()))
+    if bad:  # never replace good checkpoints with a broken one
+        raise ValueError(f"refusing to save checkpoint at step {state['step']}: non-finite values in {bad[:5]}")
     final = directory / f"checkpoint-{state['step']:07d}"
     tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".tmp-checkpoint-"))
     try:
@@ -100,9 +103,14 @@ def save_checkpoint(
     return final
 
 
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders of an interrupted save are ignored)."""
+    return sorted(p for p in Path(directory).glob("checkpoint-*") if (p / STATE_NAME).is_file())
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
     """The newest complete checkpoint (temporary folders of an interrupted save are ignored)."""
-    found = sorted(p for p in Path(directory).glob("checkpoint-*") if (p / STATE_NAME).is_file())
+    found = list_checkpoints(directory)
     return found[-1] if found else None
 
 

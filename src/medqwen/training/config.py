@@ -17,6 +17,7 @@ and the evaluation sets. `${data_root}` and `${config_dir}` are substituted when
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import MISSING, dataclass, field, fields
@@ -27,11 +28,39 @@ import yaml
 
 MODEL_GROUPS = ("projector", "vision", "language")
 ADAPTER_KINDS = ("sslora", "lora")
-EVAL_TASKS = ("vqa", "caption", "pope")
+EVAL_TASKS = ("vqa", "caption", "pope", "rank")
 
 
 class ConfigError(ValueError):
     """A YAML config that does not describe a valid stage / experiment; names the file and field."""
+
+
+def _number(obj, name: str, *, low: float | None = None, high: float | None = None, low_open: bool = True,
+            high_open: bool = True, optional: bool = False) -> None:
+    value = getattr(obj, name)
+    if optional and value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if low_open else '>='} {low}")
+        if high is not None:
+            bounds.append(f"{'<' if high_open else '<='} {high}")
+        raise ConfigError(f"field {name!r} = {value!r} must be a finite number" + (" " + " and ".join(bounds) if bounds else "")
+                          + (" or null" if optional else ""))
+
+
+def _integer(obj, name: str, *, low: int, optional: bool = False) -> None:
+    value = getattr(obj, name)
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"field {name!r} = {value!r} must be an integer >= {low}" + (" or null" if optional else ""))
 
 
 @dataclass
@@ -44,7 +73,18 @@ class DataSpec:
     limit: Optional[int] = None  # keep the first N samples (after a seeded shuffle)
     weight: Optional[float] = None  # mixture proportion when several datasets are mixed
     options: dict[str, Any] = field(default_factory=dict)  # passed to the reader
-    task: str = "vqa"  # evaluation sets: vqa | caption | pope
+    task: str = "vqa"  # evaluation sets: vqa | caption | pope | rank (closed questions, candidates ranked by likelihood)
+    name: Optional[str] = None  # evaluation sets: output file name (default: format_split[_task]); unique per experiment
+
+    def __post_init__(self):
+        if not isinstance(self.format, str) or not self.format:
+            raise ConfigError(f"field 'format' = {self.format!r} must be a reader name")
+        _integer(self, "limit", low=1, optional=True)
+        _number(self, "weight", low=0.0, low_open=False, optional=True)
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"field 'options' = {self.options!r} must be a mapping of reader options")
+        if self.task not in EVAL_TASKS:
+            raise ConfigError(f"field 'task' = {self.task!r}; allowed: {list(EVAL_TASKS)}")
 
 
 @dataclass
@@ -54,6 +94,7 @@ class StageConfig:
     data: list[DataSpec]
     adapter: Optional[dict[str, Any]] = None
     lr: float = 1e-4
+    lr_groups: dict[str, float] = field(default_factory=dict)  # peak lr per trainable group, e.g. {language: 2.0e-5}
     epochs: float = 1.0
     max_steps: Optional[int] = None
     batch_size: int = 8
@@ -64,6 +105,44 @@ class StageConfig:
     max_grad_norm: float = 1.0
     checkpoint_every: int = 50
     log_every: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.trainable, list) or not self.trainable:
+            raise ConfigError("field 'trainable' is empty: name at least one group")
+        for group in self.trainable:
+            if group not in MODEL_GROUPS + ("adapter",):
+                raise ConfigError(f"field 'trainable' has {group!r}; allowed: {list(MODEL_GROUPS) + ['adapter']}")
+        if not self.data:
+            raise ConfigError("field 'data' is empty: name at least one dataset")
+        self.data = [d if isinstance(d, DataSpec) else _build(DataSpec, d, f"data[{i}]") for i, d in enumerate(self.data)]
+        if self.adapter is not None:
+            if not isinstance(self.adapter, dict):
+                raise ConfigError(f"field 'adapter' = {self.adapter!r} must be a mapping")
+            kind = self.adapter.get("kind", "sslora")
+            if kind not in ADAPTER_KINDS:
+                raise ConfigError(f"field 'adapter.kind' = {kind!r}; allowed: {list(ADAPTER_KINDS)}")
+            try:
+                adapter_config(self.adapter)
+            except TypeError as err:  # unknown keyword
+                raise ConfigError(f"field 'adapter': {err}".replace("SSLoRAConfig.__init__() got ", "")) from None
+            except ValueError as err:
+                raise ConfigError(f"field 'adapter': {err}") from None
+        if not isinstance(self.lr_groups, dict):
+            raise ConfigError(f"field 'lr_groups' must be a mapping of group -> lr, got {self.lr_groups!r}")
+        for group, value in self.lr_groups.items():
+            if group not in self.trainable:
+                raise ConfigError(f"field 'lr_groups' names {group!r}, which is not in 'trainable' {self.trainable}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ConfigError(f"field 'lr_groups.{group}' = {value!r} must be a finite number > 0")
+        _number(self, "lr", low=0.0)
+        _number(self, "epochs", low=0.0)
+        _number(self, "warmup_ratio", low=0.0, high=1.0, low_open=False)
+        _number(self, "min_lr_ratio", low=0.0, high=1.0, low_open=False, high_open=False)
+        _number(self, "weight_decay", low=0.0, low_open=False)
+        _number(self, "max_grad_norm", low=0.0)
+        for name in ("batch_size", "grad_accum", "checkpoint_every", "log_every"):
+            _integer(self, name, low=1)
+        _integer(self, "max_steps", low=1, optional=True)
 
 
 @dataclass
@@ -77,6 +156,23 @@ class ExperimentConfig:
     max_new_tokens: int = 12
     system_prompt: Optional[str] = "Answer the question about the medical image briefly."
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError(f"field 'model' = {self.model!r} must be a model name or path")
+        if not self.stages:
+            raise ConfigError("field 'stages' is empty or missing")
+        _integer(self, "seed", low=0)
+        _integer(self, "eval_batch_size", low=1)
+        _integer(self, "max_new_tokens", low=1)
+        if not isinstance(self.model_kwargs, dict):
+            raise ConfigError(f"field 'model_kwargs' = {self.model_kwargs!r} must be a mapping")
+        names: dict[str, int] = {}
+        for i, spec in enumerate(self.eval):
+            name = spec.name or f"{spec.format}_{spec.split}" + ("" if spec.task == "vqa" else f"_{spec.task}")
+            if name in names:
+                raise ConfigError(f"eval[{i}] and eval[{names[name]}] both write '{name}': give one a field 'name'")
+            names[name] = i
 
 
 def _substitute(value: Any, variables: dict[str, str], where: str) -> Any:
@@ -105,39 +201,17 @@ def _build(cls, data: Any, where: str):
     missing = [n for n, f in known.items() if n not in data and f.default is MISSING and f.default_factory is MISSING]
     if missing:
         raise ConfigError(f"{where}: missing required field(s) {missing}")
-    return cls(**data)
+    try:
+        return cls(**data)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def parse_stage(data: Any, where: str) -> StageConfig:
     data = dict(data) if isinstance(data, dict) else data
     if isinstance(data, dict):
         data["data"] = [_build(DataSpec, d, f"{where}: data[{i}]") for i, d in enumerate(data.get("data") or [])]
-    stage = _build(StageConfig, data, where)
-    for group in stage.trainable:
-        if group not in MODEL_GROUPS + ("adapter",):
-            raise ConfigError(f"{where}: field 'trainable' has {group!r}; allowed: {list(MODEL_GROUPS) + ['adapter']}")
-    if not stage.trainable:
-        raise ConfigError(f"{where}: field 'trainable' is empty: name at least one group")
-    if not stage.data:
-        raise ConfigError(f"{where}: field 'data' is empty: name at least one dataset")
-    if stage.adapter is not None:
-        kind = stage.adapter.get("kind", "sslora")
-        if kind not in ADAPTER_KINDS:
-            raise ConfigError(f"{where}: field 'adapter.kind' = {kind!r}; allowed: {list(ADAPTER_KINDS)}")
-        try:
-            adapter_config(stage.adapter)
-        except ValueError as err:
-            raise ConfigError(f"{where}: field 'adapter': {err}") from err
-    for name, low in (("lr", 0.0), ("epochs", 0.0)):
-        if not isinstance(getattr(stage, name), (int, float)) or getattr(stage, name) <= low:
-            raise ConfigError(f"{where}: field {name!r} = {getattr(stage, name)!r} must be a number > {low}")
-    for name in ("batch_size", "grad_accum", "checkpoint_every", "log_every"):
-        value = getattr(stage, name)
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{where}: field {name!r} = {value!r} must be an integer >= 1")
-    if stage.max_steps is not None and (not isinstance(stage.max_steps, int) or stage.max_steps < 1):
-        raise ConfigError(f"{where}: field 'max_steps' = {stage.max_steps!r} must be an integer >= 1 or null")
-    return stage
+    return _build(StageConfig, data, where)
 
 
 def adapter_config(spec: dict[str, Any]):
@@ -191,7 +265,4 @@ def load_experiment(path: str | Path, variables: dict[str, str] | None = None) -
         raise ConfigError(f"{path}: field 'stages' is empty or missing")
     raw = _substitute(raw, variables, str(path))
     raw["eval"] = [_build(DataSpec, d, f"{path}: eval[{i}]") for i, d in enumerate(raw.get("eval") or [])]
-    for i, spec in enumerate(raw["eval"]):
-        if spec.task not in EVAL_TASKS:
-            raise ConfigError(f"{path}: eval[{i}]: field 'task' = {spec.task!r}; allowed: {list(EVAL_TASKS)}")
     return _build(ExperimentConfig, {**raw, "stages": stages}, str(path))

@@ -109,3 +109,25 @@ def evaluate_pope_model(
     yield from pope_scores(predictions, [p["label"] for p in probes]).items()
     yield "records", [{"question": p["question"], "answer": p["answer"], "pred": pred} for p, pred in zip(probes, predictions)]
     yield "seconds", time.perf_counter() - start
+
+
+def evaluate_ranked_model(
+    model, samples: Sequence[Sample], *, batch_size: int = 32, blank_control: bool = True, cache: FeatureCache | None = None,
+) -> Iterator[tuple[str, Any]]:
+    """Closed questions scored by ranking their candidate answers' likelihoods (no generation; see
+    medqwen.eval.ranking): accuracy, the same with blank images, n and the majority answer's share."""
+    from medqwen.data.grounding import majority_share
+    from medqwen.eval.ranking import rank_answers
+
+    start = time.perf_counter()
+    if cache is None and supports_feature_cache(model):
+        cache = FeatureCache(model)
+    predictions = rank_answers(model, samples, cache=cache, batch_size=batch_size)
+    yield "acc", sum(p == s.answer for p, s in zip(predictions, samples)) / max(1, len(samples))
+    if blank_control:
+        blank = rank_answers(model, samples, cache=cache, batch_size=batch_size, blank_images=True)
+        yield "blank_image/acc", sum(p == s.answer for p, s in zip(blank, samples)) / max(1, len(samples))
+    yield "n", len(samples)
+    yield "majority", majority_share(samples)
+    yield "records", [{"question": s.question, "answer": s.answer, "pred": p} for s, p in zip(samples, predictions)]
+    yield "seconds", time.perf_counter() - start

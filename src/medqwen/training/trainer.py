@@ -4,15 +4,28 @@ that reuses the same model, adapter and evaluators.
 Determinism and resume: the sample order of epoch e is a permutation seeded by (seed, stage, e), so
 the data position is a function of the step; a checkpoint stores the step, weights, optimizer and
 RNG states, and `resume=True` continues from the newest checkpoint to the same result as a run that
-was never interrupted. Runs unchanged under `accelerate launch` (samples are sharded by rank; the
-spectral init is computed by the main process first and read from the SVD cache by the others).
+was never interrupted.
+
+Distributed (DDP; `torchrun --nproc_per_node N -m medqwen.cli train ...` or `accelerate launch
+--multi_gpu --num_processes N ...`, on GPUs or, with gloo, on CPUs): each rank trains on its shard of
+every global batch, gradients are all-reduced, and the loss of a step is the token mean over the
+answer tokens of *all* ranks (each rank's token-mean loss is weighted by its share of the tokens), so
+N ranks with batch b follow one process with batch N*b up to float rounding. The router balance loss
+is per rank, averaged over ranks (as in Switch/Mixtral implementations): with `aux_loss_coef > 0` this
+is the one term that differs from one process. Only the main process writes (metrics, checkpoints,
+final weights, TensorBoard); the spectral init is computed by the main process first and read from the
+SVD cache by the others.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,10 +33,12 @@ import torch
 from tqdm.auto import tqdm
 
 from medqwen.data import Sample
+from medqwen.errors import TrainingDiverged
+from medqwen.models.base import IGNORE_INDEX
 from sslora import SSLoRAModel, get_sslora_model
 
 from .batches import FeatureCache, make_batch, supports_feature_cache
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .config import StageConfig, adapter_config
 
 
@@ -55,13 +70,12 @@ class Trainer:
     """
 
     def __init__(self, model, *, output_dir: str | Path, seed: int = 0, accelerator=None, sslora_cache_dir=None):
-        from accelerate import Accelerator
-
         self.vlm = model
         self.adapter: SSLoRAModel | None = None
         self.output_dir = Path(output_dir)
         self.seed = seed
-        self.accelerator = accelerator or Accelerator(mixed_precision=_mixed_precision())
+        self.accelerator = accelerator or make_accelerator()
+        check_distributed_type(self.accelerator)
         self.sslora_cache_dir = sslora_cache_dir
         self.feature_cache = FeatureCache(model) if hasattr(model, "encode_images") else None
         self.trained_groups: set[str] = set()
@@ -101,63 +115,141 @@ class Trainer:
         if (stage_dir / "final" / "stage_done.json").is_file() and resume:
             return self._load_final(stage, stage_dir / "final")
         params = self._set_trainable(stage)
-        decay = [p for n, p in params.items() if p.ndim >= 2]
-        no_decay = [p for n, p in params.items() if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": stage.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=stage.lr
-        )
+        optimizer = torch.optim.AdamW(self._param_groups(stage, params), lr=stage.lr)
+        acc.free_memory()  # drop the previous stage's wrapped model and optimizer
         model, optimizer = acc.prepare(self.model, optimizer)
+        world = acc.num_processes
         shard = list(samples)
-        per_step = stage.batch_size * stage.grad_accum * acc.num_processes
+        per_step = stage.batch_size * stage.grad_accum * world
         steps_per_epoch = max(1, math.ceil(len(shard) / per_step))
         total = stage.max_steps or max(1, math.ceil(stage.epochs * steps_per_epoch))
         start = 0
         _seed_everything(_stable_seed(self.seed, stage.name, acc.process_index))  # dropout masks etc.
-        ckpt = latest_checkpoint(stage_dir / "checkpoints") if resume else None
-        if ckpt is not None:
-            start = load_checkpoint(ckpt, parameters=params, optimizer=optimizer)["step"]
+        if resume:
+            start = self._resume_from_checkpoint(stage, stage_dir / "checkpoints", params, optimizer)
         cache = self.feature_cache if self.feature_cache is not None and supports_feature_cache(self.vlm) else None
-        logger = _MetricsLogger(stage_dir, enabled=acc.is_main_process)
+        logger = _MetricsLogger(stage_dir, enabled=acc.is_main_process, resume_step=start)
+        bad_in_a_row = 0
         model.train()
         progress = tqdm(range(start, total), desc=stage.name, initial=start, total=total, disable=not acc.is_main_process)
         last = {}
         for step in progress:
             began = time.perf_counter()
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, stage)
+                group["lr"] = lr_at(step, total, stage) * group["lr_scale"]
             lm_total = aux_total = 0.0
+            micro_batches = []
             for micro in range(stage.grad_accum):
-                batch_samples = self._batch_for(shard, stage, step * stage.grad_accum + micro)
-                batch = {k: v.to(acc.device) for k, v in make_batch(self.vlm, batch_samples, with_answers=True, cache=cache).items()}
-                output = model(**batch)
-                aux = self.adapter.aux_loss().detach() if self.adapter is not None else torch.zeros(())
-                acc.backward(output.loss / stage.grad_accum)
-                lm_total += (output.loss.detach() - aux).item() / stage.grad_accum
-                aux_total += aux.item() / stage.grad_accum
+                batch_samples, real = self._micro_batch(shard, stage, step * stage.grad_accum + micro)
+                micro_batches.append((make_batch(self.vlm, batch_samples, with_answers=True, cache=cache), real))
+            weights = self._loss_weights(micro_batches) if world > 1 else None
+            for micro, (batch, _) in enumerate(micro_batches):
+                batch = {k: v.to(acc.device) for k, v in batch.items()}
+                if weights is None:  # one process: exactly the loss the model returns
+                    output = model(**batch)
+                    aux = self.adapter.aux_loss().detach() if self.adapter is not None else torch.zeros(())
+                    acc.backward(output.loss / stage.grad_accum)
+                    lm_total += (output.loss.detach() - aux).item() / stage.grad_accum
+                    aux_total += aux.item() / stage.grad_accum
+                    continue
+                # several ranks: the global token mean (gradients are averaged over the ranks, hence * world)
+                lm_weight, aux_weight = weights[micro]
+                sync = micro == stage.grad_accum - 1  # all-reduce once per step, after the last micro-batch
+                with contextlib.nullcontext() if sync else acc.no_sync(model):
+                    output = model(**batch)
+                    aux = self._aux_in_loss(output.loss)
+                    lm = output.loss - aux
+                    acc.backward((lm * lm_weight + aux * aux_weight) * (world / stage.grad_accum))
+                lm_total += (lm.detach() * lm_weight).item() / stage.grad_accum
+                aux_total += (aux.detach() * aux_weight).item() / stage.grad_accum
             grad_norm = acc.clip_grad_norm_(list(params.values()), stage.max_grad_norm)
-            optimizer.step()
+            if world > 1:  # every rank logs the global loss and takes the same skip decision
+                lm_total, aux_total, bad = acc.reduce(torch.tensor(
+                    [lm_total, aux_total, float(not math.isfinite(float(grad_norm)))], dtype=torch.float64, device=acc.device), "sum").tolist()
+                grad_norm = math.nan if bad else grad_norm
+            finite = math.isfinite(lm_total) and math.isfinite(aux_total) and math.isfinite(float(grad_norm))
+            if finite:
+                optimizer.step()
+                bad_in_a_row = 0
+            else:  # a non-finite loss or gradient never reaches the weights
+                bad_in_a_row += 1
+                warnings.warn(f"stage {stage.name!r} step {step + 1}: non-finite loss ({lm_total}) or gradient norm "
+                              f"({float(grad_norm)}): step skipped ({bad_in_a_row} in a row)", stacklevel=2)
             optimizer.zero_grad(set_to_none=True)
             seconds = time.perf_counter() - began
-            last = {"step": step + 1, "loss": lm_total, "aux_loss": aux_total, "lr": optimizer.param_groups[0]["lr"],
-                    "grad_norm": float(grad_norm), "s_per_step": seconds, "samples_per_s": per_step / seconds}
+            last = {"step": step + 1, "loss": lm_total, "aux_loss": aux_total, "lr": lr_at(step, total, stage),
+                    "grad_norm": float(grad_norm), "s_per_step": seconds, "samples_per_s": per_step / seconds,
+                    **({} if finite else {"skipped": True})}
             progress.set_postfix(loss=f"{lm_total:.3f}", samples_s=f"{per_step / seconds:.1f}")
-            if (step + 1) % stage.log_every == 0:
+            if (step + 1) % stage.log_every == 0 or not finite:
                 logger.log(last)
+            if bad_in_a_row >= MAX_NONFINITE_STEPS:
+                logger.close()
+                raise TrainingDiverged(
+                    f"stage {stage.name!r}: {bad_in_a_row} steps in a row (up to step {step + 1}) had a non-finite loss or "
+                    f"gradient; training stopped. The weights are those of the last finite step; lower 'lr' "
+                    f"(now {stage.lr}) or check the data. Checkpoints written so far are intact.")
             done = step + 1 == total
             if acc.is_main_process and ((step + 1) % stage.checkpoint_every == 0 or done):
-                save_checkpoint(stage_dir / "checkpoints", trainable=params, optimizer=optimizer,
-                                state={"step": step + 1, "total": total, "stage": stage.name, "metrics": last}, adapter=self.adapter)
+                save_checkpoint(stage_dir / "checkpoints", trainable={**params, **self._trained_buffers(stage)}, optimizer=optimizer,
+                                state={"step": step + 1, "total": total, "stage": stage.name, "metrics": last,
+                                       "stage_config": stage_fingerprint(stage)}, adapter=self.adapter)
             if stop_after is not None and step + 1 - start >= stop_after and not done:
                 logger.close()
                 return {"stopped_at": step + 1, **last}
         logger.close()
         acc.wait_for_everyone()
         if acc.is_main_process:
-            self.save(stage_dir / "final", extra={"stage": stage.name, "steps": total, **last})
+            self.save(stage_dir / "final", extra={"stage": stage.name, "steps": total, **last, "stage_config": stage_fingerprint(stage)})
         return {"steps": total, **last}
+
+    def _resume_from_checkpoint(self, stage: StageConfig, directory: Path, params, optimizer) -> int:
+        """Load the newest intact checkpoint (falling back to older ones with a warning); the step to
+        continue from (0 if none). Leftover temporary folders of interrupted saves are removed."""
+        if self.accelerator.is_main_process:
+            for leftover in directory.glob(".tmp-checkpoint-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        for ckpt in reversed(list_checkpoints(directory)):
+            try:
+                state = load_checkpoint(ckpt, parameters={**params, **self._trained_buffers(stage)}, optimizer=optimizer)
+            except Exception as err:  # torn / corrupted files: an older checkpoint is better than none
+                warnings.warn(f"{ckpt}: unreadable checkpoint ({type(err).__name__}: {err}); trying the previous one", stacklevel=2)
+                continue
+            saved = state.get("stage_config")
+            if saved is not None and saved != stage_fingerprint(stage):
+                changed = sorted(k for k in set(saved) | set(stage_fingerprint(stage)) if saved.get(k) != stage_fingerprint(stage).get(k))
+                raise ValueError(f"{ckpt}: stage {stage.name!r} was started with a different config (fields {changed} differ); "
+                                 f"resume it with the same config, or start over with --overwrite")
+            return int(state["step"])
+        return 0
+
+    def _trained_buffers(self, stage: StageConfig) -> dict[str, torch.Tensor]:
+        """Persistent buffers of the trained groups' modules (e.g. a projector's BatchNorm statistics):
+        they change in training, so checkpoints keep them beside the trainable weights."""
+        modules = [m for g in stage.trainable if g != "adapter" for m in self.vlm._group_modules().get(g, [])]
+        owned = {id(b) for m in modules for n, b in m.named_buffers() if n.rsplit(".", 1)[-1] in _PERSISTENT_BUFFERS}
+        return {n: b for n, b in self.model.named_buffers() if id(b) in owned}
+
+    def _param_groups(self, stage: StageConfig, params: dict[str, torch.nn.Parameter]) -> list[dict[str, Any]]:
+        """AdamW groups: (model group or adapter) x (weight decay on matrices, none on vectors).
+        A group named in ``stage.lr_groups`` gets that peak lr (same schedule); the others ``stage.lr``."""
+        owner = {id(p): name for name, ps in self.vlm.trainable_groups().items() for p in ps}
+        groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+        for p in params.values():
+            groups.setdefault((owner.get(id(p), "adapter"), p.ndim >= 2), []).append(p)
+        return [{"params": ps, "weight_decay": stage.weight_decay if matrix else 0.0,
+                 "lr_scale": stage.lr_groups.get(name, stage.lr) / stage.lr}
+                for (name, matrix), ps in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))]
 
     def _batch_for(self, samples: Sequence[Sample], stage: StageConfig, micro_index: int) -> list[Sample]:
         """The samples of micro-batch `micro_index` of this rank: a pure function of the index."""
+        return self._micro_batch(samples, stage, micro_index)[0]
+
+    def _micro_batch(self, samples: Sequence[Sample], stage: StageConfig, micro_index: int) -> tuple[list[Sample], bool]:
+        """(samples, real) of micro-batch `micro_index` of this rank. The ranks' batches together are
+        the global batch of one process with batch size batch_size * num_processes; a rank whose share
+        of the epoch's last, short batch is empty gets filler samples (`real` False) that the loss
+        weights by zero (it must still run forward/backward: DDP all-reduces every rank's gradients)."""
         acc = self.accelerator
         per_epoch = max(1, math.ceil(len(samples) / (stage.batch_size * acc.num_processes)))
         epoch, position = divmod(micro_index, per_epoch)
@@ -166,13 +258,37 @@ class Trainer:
             generator = torch.Generator().manual_seed(_stable_seed(self.seed, stage.name, epoch))
             self._epoch_order = (key, torch.randperm(len(samples), generator=generator).tolist())
         mine = self._epoch_order[1][acc.process_index :: acc.num_processes]
-        chosen = mine[position * stage.batch_size : (position + 1) * stage.batch_size] or mine[: stage.batch_size]
-        return [samples[i] for i in chosen]
+        chosen = mine[position * stage.batch_size : (position + 1) * stage.batch_size]
+        real = bool(chosen)
+        return [samples[i] for i in (chosen or mine[: stage.batch_size] or self._epoch_order[1][: stage.batch_size])], real
+
+    def _loss_weights(self, micro_batches: list[tuple[dict[str, torch.Tensor], bool]]) -> list[tuple[float, float]]:
+        """Per micro-batch (weight of this rank's token-mean LM loss, weight of its balance loss) such
+        that their sum over ranks is the token mean over all ranks' answer tokens and the mean of the
+        balance losses of the ranks with real samples. One all-reduce of the answer-token counts."""
+        counts = []
+        for batch, real in micro_batches:  # the loss is the mean over positions t with labels[t + 1] set
+            tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) if real else 0
+            counts.append([float(tokens), float(real)])
+        local = torch.tensor(counts, dtype=torch.float64, device=self.accelerator.device)
+        totals = self.accelerator.reduce(local.clone(), "sum")
+        return [(n / total_n if total_n > 0 else 0.0, r / total_r if total_r > 0 else 0.0)
+                for (n, r), (total_n, total_r) in zip(local.tolist(), totals.tolist())]
+
+    def _aux_in_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The part of the model's training loss that is the adapter's balance loss (0 without one)."""
+        adapter = self.adapter
+        if adapter is None or not (adapter.sslora_config.add_aux_loss_to_loss and adapter.sslora_config.aux_loss_coef > 0):
+            return torch.zeros((), device=loss.device, dtype=loss.dtype)
+        return adapter.aux_loss()
 
     # ------------------------------------------------------------------ saving
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """model/ (trained non-adapter groups) + adapter/ (SSLoRA) + stage_done.json."""
         directory = Path(directory)
+        bad = sorted(n for n, p in self.model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p.detach()).all()))
+        if bad:
+            raise ValueError(f"refusing to save {directory}: non-finite values in {bad[:5]}")
         groups = sorted(self.trained_groups) or ["projector"]
         self.vlm.save_pretrained(directory / "model", groups=groups)
         if self.adapter is not None:
@@ -181,7 +297,13 @@ class Trainer:
         return directory
 
     def _load_final(self, stage: StageConfig, directory: Path) -> dict[str, Any]:
-        """Skip a finished stage on resume: load what it produced."""
+        """Skip a finished stage on resume: load what it produced (refused if its config changed)."""
+        done = json.loads((directory / "stage_done.json").read_text())
+        saved = done.get("stage_config")
+        if saved is not None and saved != stage_fingerprint(stage):
+            changed = sorted(k for k in set(saved) | set(stage_fingerprint(stage)) if saved.get(k) != stage_fingerprint(stage).get(k))
+            raise ValueError(f"{directory}: stage {stage.name!r} finished with a different config (fields {changed} differ); "
+                             f"resume with the config it was trained with, or start over with --overwrite")
         self._set_trainable(stage)
         self.vlm.load_pretrained(directory / "model")
         if self.adapter is not None:
@@ -199,22 +321,88 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def launched_world_size() -> int:
+    """Processes of this run as set by the launcher (torchrun, `accelerate launch`, mpirun); 1 if none."""
+    for key in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 1
+
+
+def make_accelerator(**kwargs: Any):
+    """The trainer's `accelerate.Accelerator`.
+
+    On a machine without GPUs, accelerate forms a (gloo) process group only when told to use the CPU:
+    `Accelerator()` under torchrun (or `accelerate launch --multi_gpu`, which runs torchrun) sees
+    LOCAL_RANK but no CUDA device and falls back to DistributedType.NO, so every rank ran as rank 0 of
+    1 on all the data. With several launched processes and no CUDA we therefore pass `cpu=True`
+    (DistributedType.MULTI_CPU, backend gloo)."""
+    from accelerate import Accelerator
+
+    check_distributed_type()  # before accelerate's own error (its FSDP plugin raises RuntimeError on CPUs)
+    cpu = kwargs.pop("cpu", None)
+    if cpu is None:
+        cpu = launched_world_size() > 1 and not torch.cuda.is_available()
+    return Accelerator(mixed_precision=kwargs.pop("mixed_precision", _mixed_precision()), cpu=cpu, **kwargs)
+
+
+_SHARDED_TYPES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DEEPSPEED", "ACCELERATE_USE_MEGATRON_LM": "MEGATRON_LM"}
+
+
+def check_distributed_type(accelerator=None) -> None:
+    """One process or DDP (MULTI_GPU / MULTI_CPU ...); FSDP and DeepSpeed are refused before training
+    (from `accelerator.distributed_type`, or without one from the variables `accelerate launch` sets)."""
+    if accelerator is not None:
+        kind = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type))
+    else:
+        kind = next((k for env, k in _SHARDED_TYPES.items() if os.environ.get(env, "").lower() in ("true", "1")), "")
+    if kind in _SHARDED_TYPES.values():
+        raise ValueError(
+            f"accelerate distributed type {kind} is not supported by the medqwen trainer: it writes checkpoints and "
+            f"final weights from the main process's own parameters and optimizer state, which FSDP and DeepSpeed ZeRO-3 "
+            f"shard (and ZeRO-1/2 the optimizer state), so they would be saved incomplete. Use data parallelism: "
+            f"torchrun, or accelerate launch with configs/accelerate/ddp.yaml (GPUs) or cpu_2proc.yaml (CPUs) (README, 'Distributed training')")
+
+
 def _mixed_precision() -> str:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16"
     return "no"  # bf16 is emulated (~90x slower) on CPUs without bf16 units: train in fp32
 
 
-class _MetricsLogger:
-    """metrics.jsonl (one JSON object per logged step) + TensorBoard scalars."""
+MAX_NONFINITE_STEPS = 3
+_PERSISTENT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+# fields whose change does not change what a stage computes (resume may differ in them)
+_RESUME_NEUTRAL = ("checkpoint_every", "log_every")
 
-    def __init__(self, directory: Path, enabled: bool):
+
+def stage_fingerprint(stage: StageConfig) -> dict[str, Any]:
+    """What a stage computes, as JSON-able data: a resumed stage must match it."""
+    from dataclasses import asdict
+
+    data = json.loads(json.dumps(asdict(stage), default=str))
+    return {k: v for k, v in data.items() if k not in _RESUME_NEUTRAL}
+
+
+class _MetricsLogger:
+    """metrics.jsonl (one JSON object per logged step) + TensorBoard scalars. On resume from step S,
+    rows past S (logged after the checkpoint the run continues from) are dropped first."""
+
+    def __init__(self, directory: Path, enabled: bool, resume_step: int = 0):
         self.enabled = enabled
         self.writer = None
         if not enabled:
             return
         directory.mkdir(parents=True, exist_ok=True)
-        self.handle = open(directory / "metrics.jsonl", "a", encoding="utf-8")
+        path = directory / "metrics.jsonl"
+        if path.is_file():
+            rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            kept = [line for line in rows if _step_of(line) <= resume_step]
+            if len(kept) != len(rows):
+                tmp = path.with_suffix(".jsonl.tmp")
+                tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+                os.replace(tmp, path)
+        self.handle = open(path, "a", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -237,3 +425,10 @@ class _MetricsLogger:
             self.handle.close()
             if self.writer is not None:
                 self.writer.close()
+
+
+def _step_of(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", math.inf))
+    except (ValueError, AttributeError):
+        return math.inf  # a torn last line is dropped

@@ -189,3 +189,51 @@ def test_load_model_dispatch_and_determinism():
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
     assert a.language_model is a.lm.model and a.vision_tower is a.vision
+
+
+def test_projector_norm_is_saved_and_restored(gray_image, tmp_path):
+    model = tiny_mini(seed=0, projector_norm=True)
+    assert isinstance(model.projector[0], nn.LayerNorm)
+    with torch.no_grad():
+        for p in model.projector.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["projector"]["norm"] == "layernorm"
+    restored = load_model(str(tmp_path))
+    assert isinstance(restored.projector[0], nn.LayerNorm)
+    batch = model.build_inputs([gray_image], ["Is there a fracture?"], ["yes"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch, full_logits=True).logits, restored(**batch, full_logits=True).logits)
+
+
+def test_language_weights_save_under_their_own_names_after_an_adapter_is_attached(gray_image, tmp_path):
+    from sslora import SSLoRAConfig, get_sslora_model
+
+    model = tiny_mini(seed=0)
+    with torch.no_grad():
+        for p in model.lm.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # as if stage 2 trained the language model
+    wrapped = get_sslora_model(model, SSLoRAConfig(r=4, num_experts=2, top_k=1, target_modules="llama"))
+    model.save_pretrained(tmp_path, groups=["projector", "language"])
+    names = set(load_file(str(tmp_path / "trainable.safetensors")))
+    assert "lm.model.layers.0.self_attn.q_proj.weight" in names and not any(".base." in n for n in names)
+    restored = load_model(str(tmp_path))  # a fresh model without the adapter
+    batch = model.build_inputs([gray_image], ["Is there a fracture?"], ["yes"])
+    with torch.no_grad(), wrapped.disable_adapter():
+        torch.testing.assert_close(model(**batch, full_logits=True).logits, restored(**batch, full_logits=True).logits)
+
+
+def test_batchnorm_projector_keeps_its_statistics_through_save_and_load(gray_image, rgb_image, tmp_path):
+    model = tiny_mini(seed=0, projector_norm="batchnorm")
+    model.train()
+    batch = model.build_inputs([gray_image, rgb_image], ["Q?", "Q?"], ["yes", "no"])
+    model(**batch)  # updates the running statistics
+    assert model.projector[0].num_batches_tracked.item() == 1
+    model.save_pretrained(tmp_path)
+    restored = load_model(str(tmp_path))
+    torch.testing.assert_close(restored.projector[0].running_mean, model.projector[0].running_mean)
+    model.eval(), restored.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch, full_logits=True).logits, restored(**batch, full_logits=True).logits)
+    with pytest.raises(ValueError, match="projector_norm='rms'"):
+        tiny_mini(projector_norm="rms")

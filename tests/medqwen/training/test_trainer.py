@@ -86,3 +86,21 @@ def test_lr_schedule_warmup_then_cosine():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lrs[-1] == pytest.approx(0.1, abs=0.01)
+
+
+def test_lr_groups_give_a_group_its_own_peak_lr(samples, tmp_path):
+    stage = _stage(trainable=["projector", "language"], adapter=None, lr=1e-3, lr_groups={"language": 1e-5},
+                   max_steps=2, warmup_ratio=0.0, min_lr_ratio=1.0)
+    trainer = Trainer(tiny_mini(seed=0), output_dir=tmp_path, seed=0)
+    params = trainer._set_trainable(stage)
+    groups = trainer._param_groups(stage, params)
+    language = {id(p) for p in trainer.vlm.trainable_groups()["language"]}
+    for group in groups:
+        in_language = {id(p) in language for p in group["params"]}
+        assert len(in_language) == 1  # a group never mixes model groups
+        assert group["lr_scale"] == (1e-2 if in_language.pop() else 1.0)
+        assert group["weight_decay"] == (stage.weight_decay if group["params"][0].ndim >= 2 else 0.0)
+    assert sum(len(g["params"]) for g in groups) == len(params)
+    trainer.run_stage(stage, samples)
+    logged = [json.loads(line) for line in open(tmp_path / "s3" / "metrics.jsonl")]
+    assert logged[0]["lr"] == pytest.approx(1e-3)  # the stage schedule; groups scale it

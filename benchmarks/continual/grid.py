@@ -1,0 +1,288 @@
+"""The continual-learning grid of issue 7: (method, seed) runs of one sequence, each in its own process.
+
+    # headline methods x 3 seeds, then the other baselines x 1 seed (hours on 2 CPU cores; resumable)
+    OMP_WAIT_POLICY=PASSIVE nohup python benchmarks/continual/grid.py --data-root ../shared/data \\
+        --base-model-dir runs/<recipe>/final > logs/continual_grid.log 2>&1 &
+    # the ablations (1 seed each), after the headline grid
+    python benchmarks/continual/grid.py --data-root ../shared/data --base-model-dir ... --group ablations
+    # a quick smoke run of the whole machinery (2 steps per task, 8 eval questions per task, own folders)
+    python benchmarks/continual/grid.py --data-root ../shared/data --smoke --methods lora sslora --seeds 0
+
+Every run is `medqwen continual <sequence> --method M --seed S --output-dir <work>/<M>/seed<S>` in a
+subprocess (log: <run dir>/log.txt). A run whose results.json exists is skipped; an unfinished one
+resumes where it stopped (finished tasks are not redone, a task resumes from its newest checkpoint).
+After each run, and with --aggregate-only, every finished run is aggregated into the results file
+(default benchmarks/results/continual.json; smoke: continual_smoke.json; a .md table and a .png bar chart
+beside it): per method forgetting_mean / _std, final_avg_mean / _std, bwt_mean, trainable_params,
+s_per_step, seeds, each run's R; the sequence.
+Re-running the command after an interruption continues the grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+SEQUENCE = HERE / "sequence.yaml"
+HEADLINE = ("lora", "moelora", "sslora")
+BASELINES = ("pissa", "milora", "full_ft")
+ABLATION_REFERENCES = ("sslora", "moelora")  # rows of the ablation table that the headline grid already runs
+SMOKE = {"max_steps": 2, "max_train": 16, "max_eval": 8}
+
+
+def ablation_names() -> list[str]:
+    return sorted(p.stem for p in (HERE / "ablations").glob("*.yaml"))
+
+
+def plan(group: str, methods: list[str] | None, seeds: list[int] | None) -> list[tuple[str, int]]:
+    """(method, seed) runs in the order they run: headline seeds interleaved (a partial grid stays comparable)."""
+    if methods:
+        return [(m, s) for s in (seeds or [0]) for m in methods]
+    runs: list[tuple[str, int]] = []
+    if group in ("headline", "main", "all"):
+        runs += [(m, s) for s in (seeds or [0, 1, 2]) for m in HEADLINE]
+    if group in ("baselines", "main", "all"):
+        runs += [(m, s) for s in (seeds or [0]) for m in BASELINES]
+    if group in ("ablations", "all"):
+        runs += [(m, s) for s in (seeds or [0]) for m in ablation_names()]
+    return runs
+
+
+def expected_fingerprint(args, method: str, seed: int) -> str:
+    """The fingerprint `medqwen continual` will give this run (a results file of another config is refused)."""
+    from medqwen.continual import apply_limits, load_sequence, parse_overrides
+
+    config = load_sequence(args.sequence, data_root=args.data_root, method=method, overrides=parse_overrides(args.var))
+    changes = {"seed": seed, **({"start_from": str(args.base_model_dir)} if args.base_model_dir else {})}
+    return apply_limits(dataclasses.replace(config, **changes), **limits(args)).fingerprint()
+
+
+def limits(args) -> dict:
+    caps = dict(SMOKE) if args.smoke else {}
+    for key in ("max_steps", "max_train", "max_eval"):
+        if getattr(args, key) is not None:
+            caps[key] = getattr(args, key)
+    return caps
+
+
+def command(args, method: str, seed: int, out: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "medqwen.cli", "continual", str(args.sequence), "--method", method, "--seed", str(seed),
+           "--data-root", str(args.data_root), "--output-dir", str(out)]
+    if args.base_model_dir:
+        cmd += ["--start-from", str(args.base_model_dir)]
+    if args.var:
+        cmd += ["--var", *args.var]
+    for key, value in limits(args).items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    return cmd
+
+
+def run_one(args, method: str, seed: int) -> str:
+    """'done' (skipped), 'ok' or 'failed (exit N)'."""
+    out = args.work / method / f"seed{seed}"
+    result = out / "results.json"
+    if result.is_file():
+        found = json.loads(result.read_text()).get("fingerprint")
+        if found != expected_fingerprint(args, method, seed):
+            raise SystemExit(f"{result} is a run of another configuration (fingerprint {found}): use another --work folder")
+        return "done"
+    cmd = command(args, method, seed, out)
+    print(f"[{datetime.datetime.now():%H:%M:%S}] run {method} seed {seed}: {' '.join(cmd)}", flush=True)
+    if args.dry_run:
+        return "dry run"
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "TOKENIZERS_PARALLELISM": "false"}
+    with open(out / "log.txt", "a", encoding="utf-8") as log:
+        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    return "ok" if code == 0 else f"failed (exit {code}, see {out / 'log.txt'})"
+
+
+# ------------------------------------------------------------------------------------------- aggregation
+def summarize_method(runs: dict[int, dict], planned: list[int]) -> dict:
+    from medqwen.continual import mean_std
+
+    seeds = sorted(runs)
+
+    def metric(key: str) -> list:
+        return [runs[s]["metrics"][key] for s in seeds]
+
+    out = {"description": runs[seeds[0]]["method"].get("description", ""), "seeds": seeds, "seeds_planned": planned,
+           "complete": set(planned) <= set(seeds)}
+    for key in ("forgetting", "final_avg", "bwt", "fwt", "learning_acc", "absolute_forgetting"):
+        out[f"{key}_mean"], out[f"{key}_std"] = mean_std(metric(key))
+    out["trainable_params"] = runs[seeds[0]]["trainable_params"]
+    out["s_per_step"] = mean_std([runs[s]["s_per_step"] for s in seeds])[0]
+    tasks = [t["name"] for t in runs[seeds[0]]["tasks"]]
+    out["per_task"] = {
+        task: {f"{key}_mean": mean_std([runs[s]["metrics"]["per_task"][task][key] for s in seeds])[0]
+               for key in ("before", "after_own_training", "blank_after_own_training", "best_earlier", "final", "relative_forgetting")}
+        for task in tasks
+    }
+    out["runs"] = {str(s): {"R": runs[s]["R"], "blank_own": runs[s]["blank_own"], "R_gold_logprob": runs[s].get("R_gold_logprob"),
+                            "metrics": {k: runs[s]["metrics"][k] for k in ("forgetting", "final_avg", "bwt", "fwt", "learning_acc")},
+                            "s_per_step": runs[s]["s_per_step"], "dir": runs[s].get("output_dir")} for s in seeds}
+    return out
+
+
+def aggregate(args, runs_planned: list[tuple[str, int]]) -> dict:
+    planned: dict[str, list[int]] = {}
+    for method, seed in runs_planned:
+        planned.setdefault(method, []).append(seed)
+    found: dict[str, dict[int, dict]] = {}
+    for result in sorted(args.work.glob("*/seed*/results.json")):
+        data = json.loads(result.read_text())
+        method, seed = data["method"]["name"], int(data["seed"])
+        try:
+            expected = expected_fingerprint(args, method, seed)
+        except Exception as err:  # a method file that no longer exists, ...
+            expected = f"unknown ({err})"
+        if data.get("fingerprint") != expected:
+            print(f"note: {result} left out: a run of another configuration (fingerprint {data.get('fingerprint')}, "
+                  f"expected {expected})", flush=True)
+            continue
+        found.setdefault(method, {})[seed] = data
+    if not found:
+        return {}
+    first = next(iter(next(iter(found.values())).values()))
+    out = {
+        "sequence": {"name": first["sequence"], "file": str(Path(first["source"]).resolve().relative_to(REPO))
+                     if Path(first["source"]).resolve().is_relative_to(REPO) else first["source"],
+                     "tasks": first["tasks"], "variables": first.get("variables"), "R_rows": first["R_rows"]},
+        "base_model": first["model"],
+        "scorers": {t["name"]: t["scorer"] for t in first["tasks"]},
+        "smoke": bool(args.smoke), "limits": limits(args),
+        "generated": datetime.datetime.now().isoformat(timespec="seconds"),
+        "definitions": "forgetting = mean over tasks 1..T-1 of (best earlier - final) / best earlier (best earlier = max "
+                       "after the task's own training, before the last task); final_avg = GEM ACC; bwt = GEM BWT; fwt = GEM "
+                       "FWT against the starting model (row 0); std = sample std over seeds. See medqwen/continual/metrics.py.",
+    }
+    ablations = set(ablation_names())
+    for method, runs in sorted(found.items()):
+        entry = summarize_method(runs, planned.get(method, sorted(runs)))
+        if method in ablations:
+            out.setdefault("ablations", {})[method] = entry
+        else:
+            out[method] = entry
+    if "ablations" in out:
+        out["ablations"]["references"] = {m: "see the method of the same name" for m in ABLATION_REFERENCES if m in out}
+    return out
+
+
+def pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def pm(entry: dict, key: str) -> str:
+    """mean ± std in % points."""
+    std = entry.get(f"{key}_std")
+    return pct(entry.get(f"{key}_mean")) + ("" if std is None else f" ± {100 * std:.1f}")
+
+
+def method_entries(results: dict) -> list[tuple[str, dict]]:
+    rows = [(k, v) for k, v in results.items() if isinstance(v, dict) and "seeds" in v]
+    return rows + [(k, v) for k, v in results.get("ablations", {}).items() if isinstance(v, dict) and "seeds" in v]
+
+
+def markdown(results: dict) -> str:
+    tasks = [t["name"] for t in results["sequence"]["tasks"]]
+    lines = [f"Sequence {results['sequence']['name']}: " + " -> ".join(f"{t} ({results['scorers'][t]})" for t in tasks),
+             "", "| method | seeds | rel. forgetting % | final avg % | BWT (points) | FWT | " +
+             " | ".join(f"{t}: own / blank / final" for t in tasks) + " | trainable params | s/step |",
+             "|---|---|---:|---:|---:|---:|" + "---:|" * len(tasks) + "---:|---:|"]
+    for name, m in method_entries(results):
+        per = " | ".join(f"{pct(m['per_task'][t]['after_own_training_mean'])} / {pct(m['per_task'][t]['blank_after_own_training_mean'])}"
+                         f" / {pct(m['per_task'][t]['final_mean'])}" for t in tasks)
+        params = f"{m['trainable_params']:,}" if m.get("trainable_params") is not None else "—"
+        sps = f"{m['s_per_step']:.2f}" if m.get("s_per_step") is not None else "—"
+        lines.append(f"| {name} | {','.join(map(str, m['seeds']))} | {pm(m, 'forgetting')} | {pm(m, 'final_avg')} | "
+                     f"{pm(m, 'bwt')} | {pct(m.get('fwt_mean'))} | {per} | {params} | {sps} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> Path:
+    """Bars per method: mean relative forgetting and final average accuracy, ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medqwen.continual.io import save_figure
+
+    entries = method_entries(results)
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * len(entries) + 3), 3.6), layout="constrained")
+    for ax, key, title in ((axes[0], "forgetting", "mean relative forgetting %"), (axes[1], "final_avg", "final average accuracy %")):
+        means = [100 * (m.get(f"{key}_mean") or 0.0) for _, m in entries]
+        stds = [100 * (m.get(f"{key}_std") or 0.0) for _, m in entries]
+        ax.bar(range(len(entries)), means, yerr=stds, capsize=3, color="tab:blue")
+        ax.set_xticks(range(len(entries)), [f"{name}\n(n={len(m['seeds'])})" for name, m in entries], rotation=45, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def write(results: dict, path: Path) -> None:
+    from medqwen.continual.io import write_json, write_text
+
+    plot(results, path.with_suffix(".png"))
+    write_text(path.with_suffix(".md"), markdown(results))
+    write_json(path, results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, required=True, help="e.g. ../shared/data")
+    parser.add_argument("--base-model-dir", type=Path, help="the starting model (stage-2 final/ of the grounding recipe); "
+                        "default: the sequence's model (MedQwen-mini before stages 1-2)")
+    parser.add_argument("--sequence", type=Path, default=SEQUENCE)
+    parser.add_argument("--group", choices=["headline", "baselines", "main", "ablations", "all"], default="main",
+                        help="main = headline (lora, moelora, sslora x 3 seeds) + baselines (pissa, milora, full_ft x 1 seed)")
+    parser.add_argument("--methods", nargs="+", help="run these methods instead of a group")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: 0 1 2 for headline methods, 0 otherwise)")
+    parser.add_argument("--var", nargs="+", help="NAME=VALUE overrides of the sequence's variables (subset sizes, steps)")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny budgets {SMOKE}, own work folder and results file")
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--max-train", type=int)
+    parser.add_argument("--max-eval", type=int)
+    parser.add_argument("--work", type=Path, help="run folders (default runs/continual, smoke: runs/continual_smoke)")
+    parser.add_argument("--results", type=Path, help="aggregate file (default benchmarks/results/continual[_smoke].json)")
+    parser.add_argument("--aggregate-only", action="store_true", help="only aggregate the finished runs")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args(argv)
+    args.work = (args.work or REPO / "runs" / ("continual_smoke" if args.smoke else "continual")).resolve()
+    # absolute paths: the runs start in the repository folder, and the fingerprint includes the data paths
+    args.data_root, args.sequence = args.data_root.resolve(), args.sequence.resolve()
+    args.base_model_dir = args.base_model_dir.resolve() if args.base_model_dir else None
+    args.results = args.results or RESULTS / ("continual_smoke.json" if args.smoke else "continual.json")
+    runs = plan(args.group, args.methods, args.seeds)
+    status = {}
+    if not args.aggregate_only:
+        for method, seed in runs:
+            status[f"{method}/seed{seed}"] = run_one(args, method, seed)
+            results = aggregate(args, runs)
+            if results and not args.dry_run:
+                write(results, args.results)
+    results = aggregate(args, runs)
+    if results and not args.dry_run:
+        write(results, args.results)
+        print(markdown(results))
+        print(f"aggregated {sum(len(m['seeds']) for _, m in method_entries(results))} runs -> {args.results}")
+    failed = {k: v for k, v in status.items() if v.startswith("failed")}
+    for key, value in status.items():
+        print(f"{key}: {value}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

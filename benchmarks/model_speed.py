@@ -1,0 +1,467 @@
+"""Whole-model speed of SSLoRA vs PEFT LoRA: training steps, peak training memory and generation.
+
+Two models, four variants each:
+
+* models: MedQwen-mini (``load_model("medqwen-mini")``; adapters on the seven projections of its
+  SmolLM2-135M language model, preset ``llama``), and a stack of 2 Qwen2 decoder blocks at
+  Qwen2.5-VL-7B shapes (hidden 3584, MLP 18944, 28 heads, 4 KV heads; random fp32 weights, vocab
+  1024), so that the 7B ratios are measured, not assumed;
+* variants: no adapter / PEFT LoRA r=32 (alpha 64) / our LoRA (SSLoRA with N=1, k=1, init zero,
+  s=2, no balance loss: the same maths as PEFT's) / SSLoRA 2-of-8 r=32 (spectral init, optimal
+  scaling, balance loss 0.01). "No adapter" trains the projector (mini) or the token embeddings
+  (stack), so its backward also crosses every layer; the adapter variants train the adapter only.
+
+Measured:
+
+(a) training step = zero_grad + forward + backward + AdamW step (mini: a batch of VQA-style samples
+    with cached-size image features; stack: random tokens, labels = inputs), median over rounds;
+    peak training memory = peak RSS of a subprocess per variant during 2 training steps, measured
+    after the model is built (the kernel's high-water mark is reset through /proc/self/clear_refs;
+    glibc returns large blocks to the OS at once, MALLOC_MMAP_THRESHOLD_=64 KiB, and the heap is
+    trimmed before the first step, so RSS follows live tensors), reported as the peak and as the
+    increase over the RSS before the first step (activations, gradients, optimizer state);
+(b) generation, greedy, KV cache on, exactly 16 new tokens (``min_new_tokens``: EOS cannot end a
+    variant early), batch 1 and 16, the same prompts for every variant: tokens/s over the whole call
+    and time to first token (the same call with 1 new token). Mini prompts go through MedQwen-mini's
+    own generate path (build_inputs -> embed_inputs -> lm.generate, as ``MedQwenMini.generate``)
+    with image features in place of images (image encoding is adapter-independent).
+
+Every variant of a model lives in one process; rounds are interleaved (round 1: variant 1, 2, 3, 4;
+round 2: ...) and medians reported, with ratios against PEFT LoRA from the same run. The thread
+count, CPU and load averages are printed and saved: figures taken while other jobs share the cores
+are not worth comparing across runs.
+
+    python benchmarks/model_speed.py                    # everything; writes benchmarks/results/model_speed.json
+    python benchmarks/model_speed.py --quick            # smoke run: tiny batches, 1 round, a small stack
+    python benchmarks/model_speed.py --models mini --parts train generate
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sslora import PRESETS, SSLoRAConfig, get_sslora_model
+
+VARIANTS = {
+    "none": "no adapter",
+    "peft_lora": "PEFT LoRA r=32",
+    "our_lora": "our LoRA r=32 (N=1)",
+    "sslora": "SSLoRA 2-of-8 r=32",
+}
+TARGETS = list(PRESETS["llama"]["target_modules"])
+CHILD_TAG = "MODEL_SPEED_CHILD "
+QUESTIONS = [
+    "Is there evidence of a pneumothorax?",
+    "What imaging modality was used to acquire this image?",
+    "Is the heart enlarged?",
+    "Which organ shows the abnormality in this scan?",
+    "Are there any fractures visible in the ribs or the clavicles?",
+    "Is this a CT or an MRI?",
+    "Where is the lesion located?",
+    "Is there fluid in the pleural space on the left side?",
+    "What is the size of the mass compared with the adjacent vertebral body?",
+    "Is the liver normal?",
+    "Does the patient have a nasogastric tube in place?",
+    "In which plane is this image taken?",
+    "Are the lungs hyperinflated?",
+    "Is there free air under the diaphragm?",
+    "What abnormality is seen in the right lower lobe?",
+    "Is the trachea midline?",
+]
+ANSWERS = ["yes", "x-ray", "no", "the liver", "no fractures are visible", "ct", "left upper lobe", "yes"]
+
+
+# ---------------------------------------------------------------------------------------- variants
+@dataclass
+class Variant:
+    key: str
+    model: nn.Module  # what generate runs on (adapters injected in place)
+    runner: nn.Module  # what a training step calls (the SSLoRA wrapper adds the balance loss)
+    params: list = field(default_factory=list)
+    optimizer: torch.optim.Optimizer | None = None
+
+    def make_optimizer(self) -> None:
+        self.params = [p for p in self.runner.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-5)
+
+
+def _attach(key: str, model: nn.Module, lm: nn.Module, own_trainable: list[nn.Parameter]) -> Variant:
+    """Freeze `model`, then give it variant `key`'s trainable part (in place)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    runner = model
+    if key == "none":
+        for p in own_trainable:
+            p.requires_grad_(True)
+    elif key == "peft_lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        inject_adapter_in_model(LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules=TARGETS), lm)
+        for name, p in lm.named_parameters():
+            p.requires_grad_("lora_" in name)
+    elif key == "our_lora":
+        config = SSLoRAConfig(r=32, num_experts=1, top_k=1, init="zero", aux_loss_coef=0.0, scaling=2.0, target_modules="llama")
+        runner = get_sslora_model(model, config)
+    elif key == "sslora":
+        runner = get_sslora_model(model, SSLoRAConfig(r=32, num_experts=8, top_k=2, target_modules="llama"))
+    else:
+        raise ValueError(key)
+    variant = Variant(key, model, runner)
+    variant.make_optimizer()
+    return variant
+
+
+def build_mini(key: str) -> Variant:
+    from medqwen.models import load_model
+
+    vlm = load_model("medqwen-mini")
+    return _attach(key, vlm, vlm.lm, list(vlm.projector.parameters()))
+
+
+def stack_config(quick: bool):
+    from transformers import Qwen2Config
+
+    shape = dict(hidden_size=256, intermediate_size=1024, num_attention_heads=8, num_key_value_heads=2) if quick else dict(
+        hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4
+    )
+    return Qwen2Config(
+        vocab_size=1024, num_hidden_layers=2, max_position_embeddings=4096, rope_theta=1e6,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0, **shape,
+    )
+
+
+def build_stack(key: str, quick: bool, shared: nn.Module | None = None) -> Variant:
+    """The 2-block stack; with `shared`, its decoder weights are shared (not copied): adapters never
+    modify base weights, so the variants can read the same 1.9 GB."""
+    from transformers import Qwen2ForCausalLM
+
+    config = stack_config(quick)
+    if shared is None:
+        torch.manual_seed(0)  # the same weights every run: the spectral init is read from its cache
+        model = Qwen2ForCausalLM(config)
+    else:
+        with torch.device("meta"):
+            model = Qwen2ForCausalLM(config)
+        state = {k: v if ".layers." in k else v.clone() for k, v in shared.state_dict().items()}
+        model.load_state_dict(state, assign=True)
+        owners = dict(model.named_modules())
+        for name, buffer in shared.named_buffers():  # non-persistent buffers (rotary inv_freq)
+            owner, _, attr = name.rpartition(".")
+            if getattr(owners[owner], attr).is_meta:
+                setattr(owners[owner], attr, buffer)
+    model.config.use_cache = True
+    return _attach(key, model, model, [model.model.embed_tokens.weight])
+
+
+# ---------------------------------------------------------------------------------------- inputs
+def mini_features(count: int) -> torch.Tensor:
+    return torch.randn(count, 49, 1280, generator=torch.Generator().manual_seed(1)).relu()
+
+
+def mini_train_batch(vlm, batch: int) -> dict:
+    prompts = [QUESTIONS[i % len(QUESTIONS)] for i in range(batch)]
+    answers = [ANSWERS[i % len(ANSWERS)] for i in range(batch)]
+    return vlm.build_inputs(None, prompts, answers, image_features=mini_features(batch))
+
+
+def stack_train_batch(batch: int, seq_len: int) -> dict:
+    ids = torch.randint(3, 1024, (batch, seq_len), generator=torch.Generator().manual_seed(2))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+
+def _generation_config(new_tokens: int, eos: int, pad: int):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad
+    )
+
+
+@torch.no_grad()
+def mini_generate(vlm, batch: int, new_tokens: int) -> int:
+    """MedQwenMini.generate's path (build_inputs -> embed_inputs -> lm.generate) with image features
+    and min_new_tokens; returns the number of new tokens per sequence."""
+    prompts = [QUESTIONS[i % len(QUESTIONS)] for i in range(batch)]
+    inputs = vlm.build_inputs(None, prompts, image_features=mini_features(batch), padding_side="left")
+    embeds = vlm.embed_inputs(inputs["input_ids"], image_features=inputs["image_features"])
+    config = _generation_config(new_tokens, vlm.eot_token_id, vlm.pad_token_id)
+    out = vlm.lm.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], generation_config=config)
+    return out.shape[1]  # inputs_embeds only: the output holds the new tokens
+
+
+@torch.no_grad()
+def stack_generate(model, batch: int, new_tokens: int, prompt_len: int = 32) -> int:
+    ids = torch.randint(3, 1024, (batch, prompt_len), generator=torch.Generator().manual_seed(3))
+    config = _generation_config(new_tokens, model.config.eos_token_id, model.config.pad_token_id)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+    return out.shape[1] - prompt_len
+
+
+# ---------------------------------------------------------------------------------------- timing
+def train_step(variant: Variant, batch: dict) -> float:
+    start = time.perf_counter()
+    variant.optimizer.zero_grad(set_to_none=True)
+    loss = variant.runner(**batch).loss
+    loss.backward()
+    variant.optimizer.step()
+    return time.perf_counter() - start
+
+
+def time_training(variants: dict[str, Variant], batch: dict, rounds: int) -> dict:
+    for v in variants.values():
+        v.runner.train()
+        train_step(v, batch)  # warm-up: allocates the optimizer state
+    times = {k: [] for k in variants}
+    for _ in range(rounds):
+        for k, v in variants.items():
+            times[k].append(train_step(v, batch))
+    return {k: {"step_s": statistics.median(t), "all_s": t} for k, t in times.items()}
+
+
+def time_generation(variants: dict[str, Variant], generate, batches: list[int], new_tokens: int, rounds: int) -> dict:
+    for v in variants.values():
+        v.runner.eval()
+        for b in batches:
+            generate(v.model, b, 2)  # warm-up
+    raw = {(k, b, part): [] for k in variants for b in batches for part in ("ttft", "total")}
+    for _ in range(rounds):
+        for k, v in variants.items():
+            for b in batches:
+                start = time.perf_counter()
+                generate(v.model, b, 1)
+                raw[(k, b, "ttft")].append(time.perf_counter() - start)
+                start = time.perf_counter()
+                produced = generate(v.model, b, new_tokens)
+                raw[(k, b, "total")].append(time.perf_counter() - start)
+                if produced != new_tokens:
+                    raise RuntimeError(f"{k}: generated {produced} tokens, expected {new_tokens}")
+    out = {}
+    for k in variants:
+        for b in batches:
+            ttft, total = statistics.median(raw[(k, b, "ttft")]), statistics.median(raw[(k, b, "total")])
+            out.setdefault(k, {})[f"batch{b}"] = {
+                "tokens_per_s": b * new_tokens / total,
+                "decode_tokens_per_s": b * (new_tokens - 1) / max(total - ttft, 1e-9),
+                "ttft_s": ttft,
+                "total_s": total,
+                "ttft_all_s": raw[(k, b, "ttft")],
+                "total_all_s": raw[(k, b, "total")],
+            }
+    return out
+
+
+# ---------------------------------------------------------------------------------------- memory
+def _proc_status_kb(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _release_free_heap() -> None:
+    """Hand memory freed during construction (SVD init, loading) back to the OS, so that the RSS
+    before the first step is the live memory and the step's increase is not hidden by heap reuse."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def child_memory(model_name: str, key: str, args) -> dict:
+    """In a fresh process: build the variant, then peak RSS over 2 training steps."""
+    variant = build_mini(key) if model_name == "mini" else build_stack(key, args.quick)
+    batch = mini_train_batch(variant.model, args.batch) if model_name == "mini" else stack_train_batch(1, args.seq_len)
+    variant.runner.train()
+    with torch.no_grad():  # weights loaded from a file mapping become resident when first read: read
+        for tensor in [*variant.runner.parameters(), *variant.runner.buffers()]:  # them all now, so the
+            tensor.sum()  # step's increase holds no weight pages (SSLoRA's init hashes them anyway)
+    gc.collect()
+    _release_free_heap()
+    before = _proc_status_kb("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        method = "VmHWM after clear_refs reset"
+    except OSError:
+        method = "VmHWM since process start (clear_refs unavailable: includes model construction)"
+    for _ in range(2):
+        train_step(variant, batch)
+    peak = _proc_status_kb("VmHWM")
+    if before is None or peak is None:
+        return {"method": "unavailable (no /proc)"}
+    return {"peak_rss_mb": peak / 1024, "step_increase_mb": (peak - before) / 1024, "rss_before_mb": before / 1024, "method": method}
+
+
+def measure_memory(model_name: str, keys: list[str], args) -> dict:
+    results = {}
+    for key in keys:
+        cmd = [sys.executable, __file__, "--child-memory", f"{model_name}:{key}", "--batch", str(args.batch), "--seq-len", str(args.seq_len)]
+        cmd += ["--quick"] if args.quick else []
+        # allocations >= 64 KiB via mmap: freed tensors leave the RSS at once, so RSS follows live memory
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith(CHILD_TAG)]
+        if proc.returncode or not lines:
+            raise RuntimeError(f"memory child {model_name}:{key} failed:\n{proc.stderr[-3000:]}")
+        results[key] = json.loads(lines[-1][len(CHILD_TAG):])
+        print(f"  memory {model_name} {VARIANTS[key]}: {results[key]}", flush=True)
+    return results
+
+
+# ---------------------------------------------------------------------------------------- report
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _ratio(value, reference) -> str:
+    return f"{value / reference:.2f}x" if value is not None and reference else "—"
+
+
+def markdown(name: str, result: dict, batches: list[int]) -> str:
+    train, memory, gen = result.get("train", {}), result.get("memory", {}), result.get("generate", {})
+    head = ["variant", "train step s", "vs LoRA", "peak MB", "step +MB", "+MB vs LoRA"]
+    for b in batches:
+        head += [f"gen b{b} tok/s", "vs LoRA", f"TTFT b{b} s"]
+    lines = [f"**{name}**", "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    ref_train = train.get("peft_lora", {}).get("step_s")
+    ref_mem = memory.get("peft_lora", {}).get("step_increase_mb")
+    for key, label in VARIANTS.items():
+        step = train.get(key, {}).get("step_s")
+        mem = memory.get(key, {})
+        cells = [
+            label,
+            f"{step:.3f}" if step else "—",
+            _ratio(step, ref_train),
+            f"{mem['peak_rss_mb']:.0f}" if "peak_rss_mb" in mem else "—",
+            f"{mem['step_increase_mb']:.0f}" if "step_increase_mb" in mem else "—",
+            _ratio(mem.get("step_increase_mb"), ref_mem),
+        ]
+        for b in batches:
+            g = gen.get(key, {}).get(f"batch{b}", {})
+            ref = gen.get("peft_lora", {}).get(f"batch{b}", {}).get("tokens_per_s")
+            tps = g.get("tokens_per_s")
+            cells += [f"{tps:.1f}" if tps else "—", _ratio(tps, ref), f"{g['ttft_s']:.3f}" if g else "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_model(model_name: str, args) -> dict:
+    keys = list(VARIANTS)
+    result: dict = {}
+    if "memory" in args.parts:
+        print(f"[{model_name}] peak training memory, one subprocess per variant", flush=True)
+        result["memory"] = measure_memory(model_name, keys, args)
+    if not ({"train", "generate"} & set(args.parts)):
+        return result
+    print(f"[{model_name}] building {len(keys)} variants", flush=True)
+    variants: dict[str, Variant] = {}
+    for key in keys:
+        if model_name == "mini":
+            variants[key] = build_mini(key)
+        else:
+            shared = variants[keys[0]].model if variants else None
+            variants[key] = build_stack(key, args.quick, shared)
+    if "train" in args.parts:
+        print(f"[{model_name}] training steps, {args.rounds} interleaved rounds", flush=True)
+        batch = mini_train_batch(variants["none"].model, args.batch) if model_name == "mini" else stack_train_batch(1, args.seq_len)
+        result["train"] = time_training(variants, batch, args.rounds)
+        result["train_inputs"] = {"shape": list(batch["input_ids"].shape)}
+    if "generate" in args.parts:
+        print(f"[{model_name}] generation, {args.rounds} interleaved rounds", flush=True)
+        generate = mini_generate if model_name == "mini" else stack_generate
+        result["generate"] = time_generation(variants, generate, args.gen_batches, args.new_tokens, args.rounds)
+    del variants
+    gc.collect()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: batch 2, 1 round, 4 new tokens, gen batches 1 and 2, a small stack")
+    parser.add_argument("--models", nargs="+", default=["mini", "stack7b"], choices=["mini", "stack7b"])
+    parser.add_argument("--parts", nargs="+", default=["train", "memory", "generate"], choices=["train", "memory", "generate"])
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per measurement (default 5; --quick 1)")
+    parser.add_argument("--batch", type=int, default=None, help="MedQwen-mini training batch (default 8; --quick 2)")
+    parser.add_argument("--seq-len", type=int, default=None, help="7B-stack training tokens (batch 1; default 256; --quick 32)")
+    parser.add_argument("--gen-batches", type=int, nargs="+", default=None, help="default 1 16; --quick 1 2")
+    parser.add_argument("--new-tokens", type=int, default=None, help="default 16; --quick 4")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "model_speed.json"))
+    parser.add_argument("--child-memory", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    quick = args.quick
+    args.rounds = args.rounds or (1 if quick else 5)
+    args.batch = args.batch or (2 if quick else 8)
+    args.seq_len = args.seq_len or (32 if quick else 256)
+    args.gen_batches = args.gen_batches or ([1, 2] if quick else [1, 16])
+    args.new_tokens = args.new_tokens or (4 if quick else 16)
+
+    if args.child_memory:
+        model_name, key = args.child_memory.split(":")
+        print(CHILD_TAG + json.dumps(child_memory(model_name, key, args)), flush=True)
+        return
+
+    machine = machine_info()
+    print(f"machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, torch {machine['torch']} "
+          f"with {machine['torch_threads']} threads (OMP_NUM_THREADS={machine['OMP_NUM_THREADS']}), "
+          f"load average {machine['loadavg_start']}", flush=True)
+    settings = {k: getattr(args, k) for k in ("quick", "models", "parts", "rounds", "batch", "seq_len", "gen_batches", "new_tokens")}
+    results = {"machine": machine, "settings": settings, "variants": VARIANTS}
+    tables = []
+    for model_name in args.models:
+        results[model_name] = run_model(model_name, args)
+        title = "MedQwen-mini" if model_name == "mini" else ("2-block stack at " + ("small (--quick)" if quick else "Qwen2.5-VL-7B") + " shapes")
+        tables.append(markdown(title, results[model_name], args.gen_batches))
+        print(tables[-1], flush=True)
+    machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"\n{torch.get_num_threads()} threads, {machine['cpu']}; load average start {machine['loadavg_start']}, "
+          f"end {machine['loadavg_end']}; medians of {args.rounds} interleaved rounds; memory: "
+          f"peak RSS of one subprocess per variant ({_memory_method(results)})\n")
+    print("\n\n".join(tables))
+    print(f"\nwrote {args.out}")
+
+
+def _memory_method(results: dict) -> str:
+    for model_name in ("mini", "stack7b"):
+        for value in results.get(model_name, {}).get("memory", {}).values():
+            return value.get("method", "?")
+    return "not measured"
+
+
+if __name__ == "__main__":
+    main()

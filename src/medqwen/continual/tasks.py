@@ -1,0 +1,94 @@
+"""A task's data (filtered, fixed seeded subsets) and its score (likelihood ranking or generation)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import replace
+from typing import Any, Sequence
+
+from medqwen.data import Sample, normalize_answer, read_dataset
+from medqwen.training.config import DataSpec
+
+from .config import TaskConfig
+
+
+def read_task_data(task: TaskConfig, which: str, seed: int) -> tuple[list[Sample], dict[str, Any]]:
+    """The train or eval samples of a task: every DataSpec read, filtered (``answer_type``,
+    ``candidates``), then cut to its ``limit`` by a shuffle seeded with ``seed`` (the data seed, the
+    same for every method and run seed), then combined (``weight``s -> mixture proportions).
+    Returns (samples, info: counts read / kept / dropped)."""
+    specs: list[DataSpec] = task.train if which == "train" else task.eval
+    lists, info = [], {"read": 0, "dropped": 0, "n": 0}
+    for spec in specs:
+        samples = list(read_dataset(spec.format, spec.path, spec.split, **spec.options))
+        info["read"] += len(samples)
+        kept = [s for s in samples if task.answer_type is None or s.answer_type == task.answer_type]
+        if task.candidates is not None:
+            allowed = [normalize_answer(c) for c in task.candidates]
+            kept = [s for s in kept if normalize_answer(s.answer) in allowed]
+            kept = [s if s.extra.get("candidates") else replace(s, extra={**s.extra, "candidates": list(allowed)}) for s in kept]
+        info["dropped"] += len(samples) - len(kept)
+        if spec.limit is not None and spec.limit < len(kept):
+            random.Random(seed).shuffle(kept)
+            kept = kept[: spec.limit]
+        lists.append(kept)
+    weights = [spec.weight for spec in specs] if any(spec.weight is not None for spec in specs) else None
+    if len(lists) == 1 and weights is None:
+        out = lists[0]
+    else:
+        from medqwen.data import mix_datasets
+
+        out = mix_datasets(lists, weights=None if weights is None else [1.0 if w is None else w for w in weights], seed=seed)
+    if not out:
+        raise ValueError(f"task {task.name!r}: no {which} samples left after filtering (read {info['read']})")
+    if which == "eval" and task.metric == "closed_rank":
+        for i, s in enumerate(out):
+            options = s.extra.get("candidates")
+            if not options:
+                raise ValueError(f"task {task.name!r}: eval sample {i} has no extra['candidates']; "
+                                 "set the task's field 'candidates' or use metric 'vqa'")
+            if s.answer not in options:
+                raise ValueError(f"task {task.name!r}: eval sample {i}: answer {s.answer!r} is not among its candidates {options}")
+    info["n"] = len(out)
+    info["majority"] = max(Counter(s.answer for s in out).values()) / len(out)
+    return out, info
+
+
+def scorer_name(task: TaskConfig) -> str:
+    return "closed_rank" if task.metric == "closed_rank" else f"vqa:{task.score}"
+
+
+def score_task(
+    model, task: TaskConfig, samples: Sequence[Sample], *, cache=None, blank_images: bool = False,
+    batch_size: int = 32, max_new_tokens: int = 12,
+) -> dict[str, Any]:
+    """{"score", "n", "scorer", ["gold_logprob"], "seconds"} of ``model`` on a task's eval samples.
+
+    ``closed_rank``: accuracy of the most likely candidate (:func:`medqwen.eval.ranking.rank_answers`,
+    one teacher-forced forward per (question, candidate); ``gold_logprob`` = the mean log-likelihood of
+    the reference answer, which moves before the accuracy does). ``vqa``: greedy generation scored by
+    :func:`medqwen.eval.vqa_scores` (``task.score``: closed_acc, open_recall or exact_match).
+    ``blank_images`` zeroes the image features (the question-prior control).
+    """
+    start = time.perf_counter()
+    extra: dict[str, Any] = {}
+    if task.metric == "closed_rank":
+        from medqwen.eval.ranking import candidate_logprobs
+
+        options = [s.extra["candidates"] for s in samples]
+        logprobs = candidate_logprobs(model, samples, options, cache=cache, blank_images=blank_images, batch_size=batch_size)
+        # the first most likely candidate, as medqwen.eval.ranking.rank_answers picks it
+        predictions = [opts[max(range(len(opts)), key=row.__getitem__)] for opts, row in zip(options, logprobs)]
+        score = sum(p == s.answer for p, s in zip(predictions, samples)) / len(samples)
+        # a continuous companion of the accuracy: mean log-likelihood of the reference answer
+        extra["gold_logprob"] = sum(row[opts.index(s.answer)] for s, opts, row in zip(samples, options, logprobs)) / len(samples)
+    else:
+        from medqwen.eval import vqa_scores
+        from medqwen.training.evaluate import predict, records_for
+
+        predictions = predict(model, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                              blank_images=blank_images, cache=cache, desc=f"eval {task.name}")
+        score = vqa_scores(records_for(samples, predictions))[task.score]
+    return {"score": float(score), "n": len(samples), "scorer": scorer_name(task), **extra, "seconds": time.perf_counter() - start}

@@ -1,0 +1,147 @@
+"""Closed questions scored by ranking candidate answers by their likelihood (no generation).
+
+For a question with candidates c_1..c_K the model's choice is argmax_k log p(c_k <eot> | image,
+question): the summed log-probability of the candidate's answer tokens, end-of-turn included (so a
+candidate that is a prefix of another is not favoured). This is the multiple-choice "acc" of
+lm-evaluation-harness (Gao et al. 2021, unnormalised log-likelihood). It needs one teacher-forced
+forward per (question, candidate) — rows of one batch — instead of a token-by-token decode, and it
+scores what the model prefers even when its free-form answer would be phrased differently.
+Generation stays the scorer for open questions.
+
+Two scorers, chosen per call (``scorer=``): ``"sequence"`` is the above; ``"first_token"`` scores
+each candidate by log p(first answer token | image, question) from ONE forward of the prompt alone
+(only the last position's logits are computed) — exact for the argmax whenever the candidates'
+first tokens differ and every later token is near-certain (yes/no, class names), and K times
+cheaper. ``"auto"`` (default) uses ``first_token`` when every sample's candidates start with
+distinct tokens, else ``sequence``; :func:`chosen_scorer` tells which.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def sequence_logprobs(answer_logits: torch.Tensor, answer_labels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-row sum of log p(label) over the labelled tokens.
+
+    answer_logits: (T, V) logits at the T labelled positions of the batch, row-major (as
+    ``VLMOutput.answer_logits``); answer_labels: (T,) their targets; labels: (B, L) the batch labels
+    (-100 = ignored; position t predicts labels[t + 1]). Returns (B,) float32.
+    """
+    per_token = F.log_softmax(answer_logits.float(), dim=-1).gather(-1, answer_labels[:, None]).squeeze(-1)
+    counts = (labels[:, 1:] != -100).sum(1)
+    rows = torch.repeat_interleave(torch.arange(labels.shape[0], device=per_token.device), counts.to(per_token.device))
+    return torch.zeros(labels.shape[0], device=per_token.device).index_add_(0, rows, per_token)
+
+
+def reference_sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Slow, obviously-correct version of :func:`sequence_logprobs` from full logits (B, L, V)."""
+    out = torch.zeros(labels.shape[0])
+    for b in range(labels.shape[0]):
+        for t in range(labels.shape[1] - 1):
+            if labels[b, t + 1] != -100:
+                out[b] += torch.log_softmax(logits[b, t].float(), -1)[labels[b, t + 1]]
+    return out
+
+
+def answer_tokens(model, candidate: str) -> list[int]:
+    """The token ids a model is trained to produce for ``candidate`` (end of turn included)."""
+    cache = model.__dict__.setdefault("_answer_token_cache", {})
+    if candidate not in cache:
+        ids, labels = model.tokenize_sample("?", candidate, [])
+        cache[candidate] = [t for t, lab in zip(ids, labels) if lab != -100]
+    return cache[candidate]
+
+
+def chosen_scorer(model, candidates: Sequence[Sequence[str]], scorer: str = "auto") -> str:
+    """"first_token" or "sequence" for these candidate lists (see the module docstring)."""
+    if scorer not in ("auto", "first_token", "sequence"):
+        raise ValueError(f"scorer={scorer!r}; allowed: 'auto', 'first_token', 'sequence'")
+    if scorer != "auto":
+        return scorer
+    vlm = getattr(model, "base_model", model)
+    for options in candidates:
+        firsts = [answer_tokens(vlm, c)[0] for c in options]
+        if len(set(firsts)) != len(firsts):
+            return "sequence"
+    return "first_token"
+
+
+@torch.no_grad()
+def first_token_logprobs(
+    model, samples: Sequence, candidates: Sequence[Sequence[str]], *, cache=None, blank_images: bool = False,
+    batch_size: int = 32,
+) -> list[list[float]]:
+    """log p(first answer token of each candidate | image, question): one prompt-only forward per
+    sample (left-padded batch, LM head on the last position only)."""
+    from medqwen.training.batches import make_batch_from
+
+    was_training = model.training
+    model.eval()
+    vlm = getattr(model, "base_model", model)
+    scores: list[list[float]] = []
+    kwargs = {"blank_images": True} if blank_images else {}
+    try:
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start : start + batch_size]
+            batch = make_batch_from(vlm, chunk, None, cache=cache, padding_side="left")
+            batch = {k: v.to(vlm.device) for k, v in batch.items()}
+            logprobs = F.log_softmax(model(**batch, logits_to_keep=1, **kwargs).logits[:, -1].float(), dim=-1)
+            for row, options in zip(logprobs, candidates[start : start + batch_size]):
+                scores.append([float(row[answer_tokens(vlm, c)[0]]) for c in options])
+    finally:
+        model.train(was_training)
+    return scores
+
+
+@torch.no_grad()
+def candidate_logprobs(
+    model, samples: Sequence, candidates: Sequence[Sequence[str]], *, cache=None, blank_images: bool = False,
+    batch_size: int = 32,
+) -> list[list[float]]:
+    """log p(candidate | image, question) for every candidate of every sample (see module docstring).
+
+    ``model`` is a VisionLanguageModel or an adapter wrapper around one; ``cache`` a FeatureCache
+    (frozen image features) or None. ``batch_size`` counts (question, candidate) rows.
+    """
+    from medqwen.training.batches import make_batch_from
+
+    if len(candidates) != len(samples):
+        raise ValueError(f"{len(candidates)} candidate lists for {len(samples)} samples")
+    rows = [(i, c) for i, options in enumerate(candidates) for c in options]
+    if any(not options for options in candidates):
+        raise ValueError("every sample needs at least one candidate answer")
+    was_training = model.training
+    model.eval()
+    vlm = getattr(model, "base_model", model)
+    scores: list[list[float]] = [[] for _ in samples]
+    kwargs = {"blank_images": True} if blank_images else {}
+    try:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            batch = make_batch_from(vlm, [samples[i] for i, _ in chunk], [c for _, c in chunk], cache=cache)
+            batch = {k: v.to(vlm.device) for k, v in batch.items()}
+            out = model(**batch, **kwargs)
+            for (i, _), value in zip(chunk, sequence_logprobs(out.answer_logits, out.answer_labels, batch["labels"]).tolist()):
+                scores[i].append(value)
+    finally:
+        model.train(was_training)
+    return scores
+
+
+def rank_answers(model, samples: Sequence, candidates: Sequence[Sequence[str]] | None = None, **kwargs) -> list[str]:
+    """The most likely candidate per sample (candidates default to ``sample.extra["candidates"]``).
+    Keyword arguments: ``scorer`` ("auto" | "first_token" | "sequence"), ``cache``, ``blank_images``,
+    ``batch_size``."""
+    if candidates is None:
+        missing = [i for i, s in enumerate(samples) if not s.extra.get("candidates")]
+        if missing:
+            raise ValueError(f"samples {missing[:5]} have no extra['candidates'] and none were given")
+        candidates = [s.extra["candidates"] for s in samples]
+    scorer = chosen_scorer(model, candidates, kwargs.pop("scorer", "auto"))
+    score = first_token_logprobs if scorer == "first_token" else candidate_logprobs
+    scores = score(model, samples, candidates, **kwargs)
+    return [options[max(range(len(options)), key=row.__getitem__)] for options, row in zip(candidates, scores)]

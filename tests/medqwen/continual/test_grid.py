@@ -1,0 +1,94 @@
+"""benchmarks/continual/grid.py without training: the plan, skipping finished runs, refusing runs of
+another configuration, and the aggregate (mean / std over seeds, computed by hand here)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from medqwen.continual import load_sequence
+from medqwen.continual.report import build_results
+from medqwen.continual.runner import run_info
+
+REPO = Path(__file__).resolve().parents[3]
+spec = importlib.util.spec_from_file_location("continual_grid", REPO / "benchmarks" / "continual" / "grid.py")
+grid = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(grid)
+
+SEQUENCE = """
+name: two
+model: tiny-mini
+tasks:
+  - {name: a, train: [{format: synthetic, path: "${data_root}/x"}], eval: [{format: synthetic, path: "${data_root}/x", split: test}], steps: 2}
+  - {name: b, train: [{format: synthetic, path: "${data_root}/x"}], eval: [{format: synthetic, path: "${data_root}/x", split: test}], steps: 2}
+"""
+
+
+def test_plan_orders_headline_seeds_first():
+    main = grid.plan("main", None, None)
+    assert main[:3] == [("lora", 0), ("moelora", 0), ("sslora", 0)] and len(main) == 3 * 3 + 3
+    assert main[-3:] == [("pissa", 0), ("milora", 0), ("full_ft", 0)]
+    ablations = grid.plan("ablations", None, None)
+    assert len(ablations) == 12 and {m for m, _ in ablations} == set(grid.ablation_names())
+    assert grid.plan("main", ["sslora"], [3, 4]) == [("sslora", 3), ("sslora", 4)]
+
+
+@pytest.fixture
+def setup(tmp_path):
+    (tmp_path / "methods").mkdir()
+    for name, kind in (("m1", "lora"), ("m2", "sslora")):
+        (tmp_path / "methods" / f"{name}.yaml").write_text(
+            f"name: {name}\ntrainable: [adapter]\nadapter: {{kind: {kind}, r: 8, num_experts: {1 if kind == 'lora' else 4}}}\n")
+    sequence = tmp_path / "seq.yaml"
+    sequence.write_text(SEQUENCE)
+    args = grid.argparse.Namespace(sequence=sequence, data_root=tmp_path, var=None, base_model_dir=None, smoke=False,
+                                   max_steps=None, max_train=None, max_eval=None, work=tmp_path / "work", dry_run=True)
+    return args
+
+
+def _fake_run(args, method, seed, R, out=None):
+    """A finished run's results.json as the runner writes it (scores given; no training)."""
+    import dataclasses
+
+    config = dataclasses.replace(load_sequence(args.sequence, data_root=str(args.data_root), method=method), seed=seed)
+    rows = [{"scores": {t: {"score": v, "n": 10, "seconds": 1.0} for t, v in zip(("a", "b"), row)},
+             "blank": {}, "train": {} if i == 0 else {"trainable_params": 100, "s_per_step": 2.0 + seed}} for i, row in enumerate(R)]
+    results = build_results(run_info(config), rows)
+    out = out or args.work / method / f"seed{seed}"
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(json.dumps(results))
+
+
+def test_aggregate_mean_std_over_seeds(setup, tmp_path):
+    args = setup
+    _fake_run(args, "m1", 0, [[0.5, 0.5], [0.8, 0.5], [0.4, 0.9]])  # forgetting (0.8 - 0.4) / 0.8 = 0.5, BWT -0.4
+    _fake_run(args, "m1", 1, [[0.5, 0.5], [1.0, 0.5], [0.7, 0.9]])  # forgetting 0.3, BWT -0.3
+    _fake_run(args, "m2", 0, [[0.5, 0.5], [0.8, 0.5], [0.8, 0.7]])  # no forgetting
+    results = grid.aggregate(args, [("m1", 0), ("m1", 1), ("m2", 0), ("m2", 1)])
+    m1, m2 = results["m1"], results["m2"]
+    assert m1["seeds"] == [0, 1] and m1["complete"] and not m2["complete"]
+    assert m1["forgetting_mean"] == pytest.approx(0.4) and m1["forgetting_std"] == pytest.approx(0.1414213, rel=1e-5)
+    assert m1["final_avg_mean"] == pytest.approx((0.65 + 0.8) / 2)
+    assert m1["bwt_mean"] == pytest.approx(-0.35)
+    assert m1["s_per_step"] == pytest.approx(2.5) and m1["trainable_params"] == 100
+    assert m1["runs"]["1"]["R"] == [[0.5, 0.5], [1.0, 0.5], [0.7, 0.9]]
+    assert m2["forgetting_mean"] == 0.0 and m2["forgetting_std"] is None
+    assert [t["name"] for t in results["sequence"]["tasks"]] == ["a", "b"]
+    table = grid.markdown(results)
+    assert "| m1 | 0,1 | 40.0 ± 14.1 | 72.5 ± 10.6 | -35.0 ± 7.1 |" in table
+    grid.write(results, tmp_path / "out.json")
+    assert json.loads((tmp_path / "out.json").read_text())["m1"]["bwt_mean"] == pytest.approx(-0.35)
+    assert (tmp_path / "out.png").stat().st_size > 0 and (tmp_path / "out.md").is_file()
+
+
+def test_finished_runs_are_skipped_and_foreign_runs_refused(setup, capsys):
+    args = setup
+    _fake_run(args, "m1", 0, [[0.5, 0.5], [0.8, 0.5], [0.4, 0.9]])
+    assert grid.run_one(args, "m1", 0) == "done"
+    assert grid.run_one(args, "m2", 0) == "dry run"  # not finished: would run (printed command)
+    assert "--method m2 --seed 0" in capsys.readouterr().out
+    args.var, args.max_steps = None, 1  # another budget = another configuration
+    with pytest.raises(SystemExit, match="is a run of another configuration"):
+        grid.run_one(args, "m1", 0)
+    assert grid.aggregate(args, [("m1", 0)]) == {}  # left out of the aggregate too
