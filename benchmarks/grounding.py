@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -46,10 +45,9 @@ def probe_scores(model, data_root: str, *, cache=None, seed: int = 0) -> dict:
 
 
 def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    from medqwen.continual.io import write_json  # atomic: temp file + rename
+
+    write_json(path, data, indent=2)
 
 
 def run_recipe(recipe: str, data_root: str, work: Path) -> dict:

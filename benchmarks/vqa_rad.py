@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -35,10 +34,9 @@ COMMAND = "python benchmarks/vqa_rad.py --data-root ../shared/data"
 
 
 def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    from medqwen.continual.io import write_json  # atomic: temp file + rename
+
+    write_json(path, data, indent=2)
 
 
 def prepare(data_root: str, work: Path) -> Path:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -53,10 +52,9 @@ QUICK = {"align_steps": 5, "align_batch": 8, "steps": 3, "batch_size": 4, "per_c
 
 
 def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    from medqwen.continual.io import write_json  # atomic: temp file + rename
+
+    write_json(path, data, indent=2)
 
 
 def eval_tasks(data_root: str, limit: int | None, seed: int = 0):

@@ -6,4 +6,6 @@ from .config import PRESETS, SSLoRAConfig  # noqa: E402
 from .layer import SSLoRALayer, reference_forward  # noqa: E402
 from .model import SSLoRAModel, get_sslora_model  # noqa: E402
 
-__all__ = ["SSLoRAConfig", "SSLoRAModel", "SSLoRALayer", "PRESETS", "get_sslora_model", "reference_forward", "__version__"]
+from ._io import atomic_write
+
+__all__ = ["atomic_write", "SSLoRAConfig", "SSLoRAModel", "SSLoRALayer", "PRESETS", "get_sslora_model", "reference_forward", "__version__"]

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 
-def _atomic(path: str | os.PathLike, write) -> None:
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
@@ -30,11 +31,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def atomic_save_safetensors(
     tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
 ) -> None:
     contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    _atomic(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))

@@ -173,6 +173,18 @@ class SSLoRAModel(nn.Module):
         for layer in self.sslora_layers().values():
             layer.record_stats = enabled
 
+    @contextlib.contextmanager
+    def recording_routing(self) -> Iterator[None]:
+        """Routing statistics on inside the block, then back to what each layer had before."""
+        layers = list(self.sslora_layers().values())
+        previous = [layer.record_stats for layer in layers]
+        self.record_routing_stats(True)
+        try:
+            yield
+        finally:
+            for layer, was in zip(layers, previous):
+                layer.record_stats = was
+
     def routing_stats(self, reset: bool = False) -> dict[str, dict[str, list[float]]]:
         """Per layer, per expert: tokens routed (`counts`), their share (`fraction`) and the mean gate
         weight of tokens that chose the expert (`mean_gate`), accumulated since the last reset

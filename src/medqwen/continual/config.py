@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 import yaml
 
-from medqwen.training.config import (ADAPTER_KINDS, MODEL_GROUPS, ConfigError, DataSpec, _build, adapter_config,
+from medqwen.training.config import (MODEL_GROUPS, ConfigError, DataSpec, _build, check_adapter_spec,
                                      load_yaml)
 
 METRICS = ("closed_rank", "vqa")
@@ -195,15 +195,10 @@ def parse_method(data: Any, where: str) -> MethodConfig:
     if "adapter" in method.trainable and method.adapter is None:
         raise ConfigError(f"{where}: field 'trainable' names 'adapter' but field 'adapter' is missing")
     if method.adapter is not None:
-        if not isinstance(method.adapter, dict):
-            raise ConfigError(f"{where}: field 'adapter' must be a mapping")
-        kind = method.adapter.get("kind", "sslora")
-        if kind not in ADAPTER_KINDS:
-            raise ConfigError(f"{where}: field 'adapter.kind' = {kind!r}; allowed: {list(ADAPTER_KINDS)}")
         try:
-            adapter_config(method.adapter)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"{where}: field 'adapter': {err}") from err
+            check_adapter_spec(method.adapter)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
     _check_number(where, "lr", method.lr, integer=False, low=1e-12, allow_none=True)
     return method
 

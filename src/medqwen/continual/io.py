@@ -3,39 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from sslora import atomic_write
+from sslora._io import atomic_write_text
 
-def _atomic(path: str | Path, write: Callable[[str], None], suffix: str = "") -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix + ".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
+    atomic_write(path, write)
+    return Path(path)
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    return _atomic(path, write)
+    atomic_write_text(path, text)
+    return Path(path)
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=1, default=str) + "\n")
+def write_json(path: str | Path, data: Any, indent: int = 1) -> Path:
+    return write_text(path, json.dumps(data, indent=indent, default=str) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -45,4 +31,4 @@ def read_json(path: str | Path) -> Any:
 
 def save_figure(figure, path: str | Path) -> Path:
     """matplotlib figure -> PNG, atomically."""
-    return _atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"), ".png")
+    return _atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))

@@ -15,32 +15,15 @@ image, question and candidate answer). From them:
 
 from __future__ import annotations
 
-import contextlib
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .io import save_figure
 
 Routing = Mapping[str, Mapping[str, Sequence[float]]]  # task -> layer -> share per expert
-
-
-@contextlib.contextmanager
-def recording(adapter) -> Iterator[None]:
-    """Routing statistics on inside the block (``SSLoRAModel.record_routing_stats``: off by default for
-    speed), then back to what they were. Older sslora versions without the switch always record."""
-    layers = list(adapter.sslora_layers().values())
-    previous = [getattr(layer, "record_stats", None) for layer in layers]
-    if hasattr(adapter, "record_routing_stats"):
-        adapter.record_routing_stats(True)
-    try:
-        yield
-    finally:
-        for layer, was in zip(layers, previous):
-            if was is not None:
-                layer.record_stats = was
 
 
 def routing_shares(stats: Mapping[str, Mapping[str, Any]]) -> dict[str, list[float]]:

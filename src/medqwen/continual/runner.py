@@ -28,7 +28,7 @@ from typing import Any, Callable
 from .config import SequenceConfig, TaskConfig
 from .io import read_json, write_json
 from .report import build_results, row_labels, write_report
-from .routing import plot_routing, recording, routing_shares, routing_summary
+from .routing import plot_routing, routing_shares, routing_summary
 from .tasks import read_task_data, score_task, scorer_name
 
 
@@ -172,7 +172,7 @@ class ContinualRunner:
             if track:
                 adapter.reset_routing_stats()
             kwargs = dict(cache=cache, batch_size=self.config.eval_batch_size, max_new_tokens=self.config.max_new_tokens)
-            with recording(adapter) if track else contextlib.nullcontext():
+            with adapter.recording_routing() if track else contextlib.nullcontext():
                 scores[task.name] = {**score_task(trainer.model, task, samples, **kwargs), "majority": info["majority"]}
             if track:
                 routing[task.name] = routing_shares(adapter.routing_stats(reset=True))

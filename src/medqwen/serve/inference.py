@@ -6,7 +6,6 @@ Every problem a user can cause raises :class:`UserError` whose message is meant 
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import re
@@ -14,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,7 +149,7 @@ class Answerer:
         predicting[:, :-1] = (labels[:, 1:] != IGNORE_INDEX).long()
         sslora.reset_routing_stats()
         try:
-            with _recording_routing(sslora):
+            with sslora.recording_routing():
                 with sslora.padding_mask(predicting):
                     vlm(**batch)
                 stats = sslora.routing_stats()
@@ -163,22 +162,6 @@ class Answerer:
         per_layer = counts.sum(axis=1, keepdims=True) / config.top_k
         share = counts / np.maximum(per_layer, 1)
         return Routing(list(stats), share, config.top_k, int(predicting.sum()), config.init)
-
-
-@contextlib.contextmanager
-def _recording_routing(sslora) -> Iterator[None]:
-    """Routing statistics on inside the block (`SSLoRAModel.record_routing_stats`), as before after it."""
-    layers = list(sslora.sslora_layers().values())
-    previous = [getattr(layer, "record_stats", None) for layer in layers]
-    if hasattr(sslora, "record_routing_stats"):
-        sslora.record_routing_stats(True)
-    # (an sslora without the switch always records)
-    try:
-        yield
-    finally:
-        for layer, was in zip(layers, previous):
-            if was is not None:
-                layer.record_stats = was
 
 
 def short_layer_name(name: str) -> str:

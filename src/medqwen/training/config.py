@@ -116,17 +116,7 @@ class StageConfig:
             raise ConfigError("field 'data' is empty: name at least one dataset")
         self.data = [d if isinstance(d, DataSpec) else _build(DataSpec, d, f"data[{i}]") for i, d in enumerate(self.data)]
         if self.adapter is not None:
-            if not isinstance(self.adapter, dict):
-                raise ConfigError(f"field 'adapter' = {self.adapter!r} must be a mapping")
-            kind = self.adapter.get("kind", "sslora")
-            if kind not in ADAPTER_KINDS:
-                raise ConfigError(f"field 'adapter.kind' = {kind!r}; allowed: {list(ADAPTER_KINDS)}")
-            try:
-                adapter_config(self.adapter)
-            except TypeError as err:  # unknown keyword
-                raise ConfigError(f"field 'adapter': {err}".replace("SSLoRAConfig.__init__() got ", "")) from None
-            except ValueError as err:
-                raise ConfigError(f"field 'adapter': {err}") from None
+            check_adapter_spec(self.adapter)
         if not isinstance(self.lr_groups, dict):
             raise ConfigError(f"field 'lr_groups' must be a mapping of group -> lr, got {self.lr_groups!r}")
         for group, value in self.lr_groups.items():
@@ -212,6 +202,21 @@ def parse_stage(data: Any, where: str) -> StageConfig:
     if isinstance(data, dict):
         data["data"] = [_build(DataSpec, d, f"{where}: data[{i}]") for i, d in enumerate(data.get("data") or [])]
     return _build(StageConfig, data, where)
+
+
+def check_adapter_spec(spec: Any) -> None:
+    """A stage's / method's `adapter:` mapping is valid (kind known, every SSLoRAConfig field valid)."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"field 'adapter' = {spec!r} must be a mapping")
+    kind = spec.get("kind", "sslora")
+    if kind not in ADAPTER_KINDS:
+        raise ConfigError(f"field 'adapter.kind' = {kind!r}; allowed: {list(ADAPTER_KINDS)}")
+    try:
+        adapter_config(spec)
+    except TypeError as err:  # unknown keyword
+        raise ConfigError(f"field 'adapter': {err}".replace("SSLoRAConfig.__init__() got ", "")) from None
+    except ValueError as err:
+        raise ConfigError(f"field 'adapter': {err}") from None
 
 
 def adapter_config(spec: dict[str, Any]):
