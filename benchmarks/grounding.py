@@ -6,7 +6,7 @@ medqwen.eval.grounding.PROBE_SETS): the model's accuracy
 (candidates ranked by likelihood), the same with the image blanked, and a linear probe on the
 frozen image features (the ceiling), with n.
 
-    # the default recipe's stage-2 model (shared with benchmarks/vqa_rad.py) -> results/grounding.json
+    # the default recipe's model (shared with benchmarks/vqa_rad.py) -> results/grounding.json
     python benchmarks/grounding.py --data-root ../shared/data
     # train a recipe's stages (resumable) and evaluate the probe sets after each stage
     python benchmarks/grounding.py --data-root ../shared/data --recipe configs/grounding/labels_mix.yaml
@@ -92,7 +92,7 @@ def evaluate_model_dir(model_dir: str, data_root: str) -> dict:
 
 
 def default_recipe(data_root: str, work: str) -> dict:
-    """Probe the default recipe's stage-2 model; keep the lora/sslora entries benchmarks/vqa_rad.py added."""
+    """Probe the default recipe's model; keep the lora/sslora entries benchmarks/vqa_rad.py added."""
     sys.path.insert(0, str(HERE))
     from vqa_rad import prepare
 
@@ -102,7 +102,7 @@ def default_recipe(data_root: str, work: str) -> dict:
     scores = evaluate_model_dir(str(final), data_root)
     for name, entry in scores.items():
         entry.update({k: v for k, v in old.get(name, {}).items() if k in ("lora", "sslora")})
-    scores["_model"] = f"{work}/recipe (configs/experiments/recipe_stage1_2.yaml), seed 0"
+    scores["_model"] = f"{work}/recipe (configs/experiments/recipe.yaml), seed 0"
     scores["_command"] = "python benchmarks/grounding.py --data-root ../shared/data"
     _write_json(path, scores)
     return scores
@@ -131,7 +131,7 @@ def diagnose(model_dir: str, data_root: str, n_images: int = 32) -> dict:
     import torch
 
     from medqwen.data import read_dataset
-    from medqwen.eval.ranking import rank_answers
+    from medqwen.eval import EvalSettings, evaluate_ranking
     from medqwen.models import load_model
     from medqwen.training.batches import FeatureCache
 
@@ -147,11 +147,11 @@ def diagnose(model_dir: str, data_root: str, n_images: int = 32) -> dict:
     train = list(read_dataset("roco_grounding", f"{data_root}/rocov2_sample", "train", task="modality"))
     random.Random(0).shuffle(train)
     train = train[:120]
-    picked = rank_answers(model, train, cache=cache)
+    train_acc = dict(evaluate_ranking(model, train, EvalSettings(batch_size=32, cache=cache)))["acc"]
     return {"image_token_norm": tokens.norm(dim=-1).mean().item(),
             "text_embedding_norm": model.lm.get_input_embeddings().weight.norm(dim=-1).mean().item(),
             "mean_image_token_cosine_between_images": token_cos, "pooled_feature_cosine_between_images": pooled_cos,
-            "train_image_modality_yesno_acc": sum(p == q.answer for p, q in zip(picked, train)) / len(train), "n_images": len(feats)}
+            "train_image_modality_yesno_acc": train_acc, "n_images": len(feats)}
 
 
 def main():

@@ -1,6 +1,6 @@
 """MedQwen-mini on VQA-RAD (train -> test): zero-shot vs LoRA r=32 vs SSLoRA 2-of-8 r=32, over seeds.
 
-Stages 1-2 of the default recipe (configs/recipe/) run once (seed 0) and give the shared starting
+The default recipe (configs/experiments/recipe.yaml: stage 1, LoRA merged) runs once (seed 0) and gives the shared starting
 model; from it every (method, seed) run trains stage 3 with the same step budget (the seed changes
 the adapter init, the data order and dropout), so LoRA and SSLoRA are compared paired, on the same
 base. Each run is its own process (its own peak memory) and writes its own result file
@@ -28,7 +28,7 @@ REPO = HERE.parent
 CONFIGS = REPO / "configs"
 RESULTS = HERE / "results"
 RUNS = RESULTS / "vqa_rad_runs"
-RECIPE = CONFIGS / "experiments" / "recipe_stage1_2.yaml"  # the default stages 1-2 (configs/recipe/)
+RECIPE = CONFIGS / "experiments" / "recipe.yaml"  # the default recipe before task training
 METHODS = {"zero_shot": None, "lora": "vqa_rad_stage3_lora.yaml", "sslora": "vqa_rad_stage3_sslora.yaml"}
 COMMAND = "python benchmarks/vqa_rad.py --data-root ../shared/data"
 
@@ -40,7 +40,7 @@ def _write_json(path: Path, data) -> None:
 
 
 def prepare(data_root: str, work: Path) -> Path:
-    """Stages 1-2 of the default recipe once; returns the stage-2 model folder (with model/)."""
+    """The default recipe once; returns its last stage's model folder (with model/)."""
     from medqwen.training import Trainer, load_data, load_experiment
     from medqwen.training.pipeline import build_model
 
@@ -58,9 +58,9 @@ def run_method(method: str, seed: int, data_root: str, work: Path, eval_limit: i
     sys.path.insert(0, str(HERE))
     from grounding import probe_scores
 
+    from medqwen.eval import EvalSettings, evaluate_vqa
     from medqwen.models import load_model
     from medqwen.training import DataSpec, Trainer, load_data, load_stage
-    from medqwen.training.evaluate import evaluate_vqa_model
 
     stage2 = prepare(data_root, work)
     run_dir = work / f"{method}_seed{seed}"
@@ -79,7 +79,7 @@ def run_method(method: str, seed: int, data_root: str, work: Path, eval_limit: i
         result["trainable_params"] = trainer.adapter.trainable_parameters()[0]
     test = load_data([DataSpec(format="vqa_rad", path=f"{data_root}/vqa_rad", split="test", limit=eval_limit)], seed)
     cache = trainer.feature_cache
-    scores = dict(evaluate_vqa_model(trainer.model, test, batch_size=16, max_new_tokens=12, blank_control=True, cache=cache))
+    scores = dict(evaluate_vqa(trainer.model, test, EvalSettings(batch_size=16, max_new_tokens=12, blank_control=True, cache=cache)))
     records = scores.pop("records")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

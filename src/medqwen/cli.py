@@ -15,17 +15,11 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def load_trained(model_dir: str | Path):
-    """A model saved by `medqwen train` (its `final/` folder): base + projector (+ SSLoRA adapter)."""
-    from medqwen.models import load_model
-    from sslora import SSLoRAModel
+    """A model saved by `medqwen train` (its `final/` folder): base + projector (+ SSLoRA adapter);
+    an incomplete folder is refused (see medqwen.predict.check_model_dir)."""
+    from medqwen.predict import load_trained as load
 
-    model_dir = Path(model_dir)
-    if not (model_dir / "model").is_dir():
-        raise FileNotFoundError(f"{model_dir}: expected a trained model folder with model/ (and adapter/) inside")
-    model = load_model(str(model_dir / "model"))
-    if (model_dir / "adapter").is_dir():
-        model = SSLoRAModel.from_pretrained(model, model_dir / "adapter")
-    return model.eval()
+    return load(model_dir)
 
 
 def train(config: Path, data_root: Optional[Path] = None, output_dir: Optional[Path] = None, resume: bool = False,
@@ -66,14 +60,14 @@ def eval(model_dir: Path, data: str, path: Path, split: str = "test", limit: Opt
         output: results folder (default: <model_dir>/eval).
         batch_size: questions per generate call.
     """
+    from medqwen.eval import EvalSettings, evaluate_vqa
     from medqwen.eval.report import write_results
     from medqwen.training import DataSpec
-    from medqwen.training.evaluate import evaluate_vqa_model
     from medqwen.training.pipeline import load_data
 
     model = load_trained(model_dir)
     samples = load_data([DataSpec(format=data, path=str(path), split=split, limit=limit)])
-    metrics = dict(evaluate_vqa_model(model, samples, batch_size=batch_size, blank_control=blank_control))
+    metrics = dict(evaluate_vqa(model, samples, EvalSettings(batch_size=batch_size, blank_control=blank_control)))
     metrics.pop("records")
     out = Path(output or Path(model_dir) / "eval")
     write_results(metrics, out, f"{data}_{split}")
@@ -82,27 +76,21 @@ def eval(model_dir: Path, data: str, path: Path, split: str = "test", limit: Opt
 
 
 def predict(model_dir: Path, image: Optional[Path] = None, question: Optional[str] = None,
-            file: Optional[Path] = None, max_new_tokens: int = 24) -> list[str]:
+            file: Optional[Path] = None, max_new_tokens: int = 24, batch_size: int = 8) -> list[str]:
     """Answer a question about an image, or every line of a JSONL file {"image": ..., "question": ...}.
 
     Args:
         model_dir: a trained model folder (the `final/` of `medqwen train`).
         image: an image file (PNG, JPEG, ... or DICOM .dcm: rescaled, windowed, middle frame).
         question: the question about it.
-        file: JSONL with one {"image", "question"} object per line (instead of --image/--question).
+        file: JSONL with one {"image", "question"} object per line (instead of --image/--question); answers
+            are printed as each batch finishes; bad lines are reported by number and the others answered.
         max_new_tokens: longest answer in tokens.
+        batch_size: lines of --file answered per generate call.
     """
-    from medqwen.data.schema import open_image
+    from medqwen.predict import predict as run_predict
 
-    if (image is None) != (question is None) or (file is None) == (image is None):
-        raise ValueError("give either --image and --question, or --file")
-    items = [{"image": str(image), "question": question}] if file is None else _read_jsonl(file)
-    model = load_trained(model_dir)
-    images = [[open_image(item["image"])] for item in items]
-    answers = model.generate(images, [item["question"] for item in items], max_new_tokens)
-    for item, answer in zip(items, answers):
-        print(json.dumps({**item, "answer": answer}))
-    return answers
+    return run_predict(model_dir, image, question, file, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 def serve(model_dir: Path, port: int = 7860, host: str = "127.0.0.1", max_new_tokens: int = 24,
@@ -127,23 +115,6 @@ def serve(model_dir: Path, port: int = 7860, host: str = "127.0.0.1", max_new_to
         raise ValueError(f"medqwen serve needs the serve extra ({err.name} is missing): pip install 'medqwen[serve]'") from err
     launch(model_dir, host=host, port=port, max_new_tokens=max_new_tokens, max_pixels=max_pixels,
            examples_dir=examples_dir)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    items = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {number}: invalid JSON: {err.msg}") from err
-            for key in ("image", "question"):
-                if not item.get(key):
-                    raise ValueError(f"{path}: line {number}: field {key!r} is missing or empty")
-            items.append(item)
-    return items
 
 
 def demo(data_root: Optional[Path] = None, output_dir: Path = Path("runs/demo"), resume: bool = False) -> dict:

@@ -12,6 +12,14 @@ INIT_MODES = ("spectral", "principal", "minor", "random", "zero")
 SEGMENT_SLICES = ("head", "tail")
 SCALING_RANKS = ("total", "expert")
 CONFIG_NAME = "adapter_config.json"
+# Keys SSLoRAModel.save_pretrained writes into adapter_config.json beside the fields (per-layer
+# scaling and shape, checked on load); any other unknown key is a typo and is refused.
+METADATA_KEYS = ("layers",)
+
+
+class ConfigError(ValueError):
+    """An invalid SSLoRA configuration: a field value, an unknown key, or an adapter_config.json that
+    does not match its weights. The one error type sslora raises for settings."""
 
 # Names of the linear layers of a Qwen2.5-VL decoder (and of most Llama-style decoders).
 _DECODER_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -69,6 +77,14 @@ class SSLoRAConfig:
         default=True,
         metadata={"help": "Add aux_loss_coef * load-balancing loss to `outputs.loss` in training mode (HF Trainer)."},
     )
+    autocast_adapter_dtype: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep the adapter (experts, residual factors) in fp32 when the adapted layer is bf16 / fp16, "
+            "as PEFT's autocast_adapter_dtype: small optimizer updates of bf16 weights round away. False stores "
+            "them in the layer's dtype (the router is fp32 either way)."
+        },
+    )
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input, in [0, 1)."})
     router_init_std: float = field(default=0.02, metadata={"help": "Std of the router's normal init (Mixtral)."})
     seed: int = field(default=0, metadata={"help": "Seed of router init, random segments and zero init."})
@@ -79,9 +95,9 @@ class SSLoRAConfig:
         _require_int(self, "num_experts", minimum=1)
         _require_int(self, "top_k", minimum=1)
         if self.top_k > self.num_experts:
-            raise ValueError(f"SSLoRAConfig.top_k={self.top_k} must be <= num_experts={self.num_experts}")
+            raise ConfigError(f"SSLoRAConfig.top_k={self.top_k} must be <= num_experts={self.num_experts}")
         if self.r % self.num_experts:
-            raise ValueError(
+            raise ConfigError(
                 f"SSLoRAConfig.r={self.r} must be divisible by num_experts={self.num_experts} (d = r / N per expert)"
             )
         _require_choice(self, "init", INIT_MODES)
@@ -89,28 +105,30 @@ class SSLoRAConfig:
         _require_choice(self, "scaling_rank", SCALING_RANKS)
         if isinstance(self.scaling, str):
             if self.scaling != "optimal":
-                raise ValueError(
+                raise ConfigError(
                     f"SSLoRAConfig.scaling={self.scaling!r} must be a positive number or 'optimal'"
                 )
         elif isinstance(self.scaling, bool) or not isinstance(self.scaling, (int, float)) or not self.scaling > 0:
-            raise ValueError(f"SSLoRAConfig.scaling={self.scaling!r} must be a positive number or 'optimal'")
+            raise ConfigError(f"SSLoRAConfig.scaling={self.scaling!r} must be a positive number or 'optimal'")
         else:
             self.scaling = float(self.scaling)
         for name, low, high in (("eta", 0.0, math.inf), ("rho", 0.0, math.inf)):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not low < value < high:
-                raise ValueError(f"SSLoRAConfig.{name}={value!r} must be a number > 0")
+                raise ConfigError(f"SSLoRAConfig.{name}={value!r} must be a number > 0")
         if not isinstance(self.aux_loss_coef, (int, float)) or self.aux_loss_coef < 0:
-            raise ValueError(f"SSLoRAConfig.aux_loss_coef={self.aux_loss_coef!r} must be a number >= 0")
+            raise ConfigError(f"SSLoRAConfig.aux_loss_coef={self.aux_loss_coef!r} must be a number >= 0")
+        if not isinstance(self.autocast_adapter_dtype, bool):
+            raise ConfigError(f"SSLoRAConfig.autocast_adapter_dtype={self.autocast_adapter_dtype!r} must be true or false")
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"SSLoRAConfig.dropout={self.dropout!r} must be in [0, 1)")
+            raise ConfigError(f"SSLoRAConfig.dropout={self.dropout!r} must be in [0, 1)")
         if isinstance(self.target_modules, str) and self.target_modules in PRESETS:
             preset = PRESETS[self.target_modules]
             self.target_modules = list(preset["target_modules"])
             if self.exclude_modules is None:
                 self.exclude_modules = preset["exclude_modules"]
         if self.target_modules is None or (isinstance(self.target_modules, (list, tuple)) and not self.target_modules):
-            raise ValueError("SSLoRAConfig.target_modules must name at least one module (list, regex or preset)")
+            raise ConfigError("SSLoRAConfig.target_modules must name at least one module (list, regex or preset)")
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
 
@@ -137,7 +155,14 @@ class SSLoRAConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SSLoRAConfig":
-        known = {f.name for f in fields(cls)}
+        """The config of a dict of fields (e.g. a loaded adapter_config.json; its metadata keys,
+        ``METADATA_KEYS``, are skipped). An unknown key is an error: a misspelt field must not
+        silently fall back to its default."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(known) - set(METADATA_KEYS))
+        if unknown:
+            hints = "".join(_did_you_mean(key, known) for key in unknown[:3])
+            raise ConfigError(f"unknown SSLoRAConfig field(s) {unknown}{hints}; allowed: {sorted(known)}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
@@ -150,17 +175,29 @@ class SSLoRAConfig:
             try:
                 data = json.load(handle)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
-        return cls.from_dict(data), data
+                raise ConfigError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data), data
+        except (TypeError, ValueError) as err:  # name the file: the field check alone does not
+            raise ConfigError(f"{path}: {err}") from err
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _require_int(config, name: str, minimum: int) -> None:
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"SSLoRAConfig.{name}={value!r} must be an integer >= {minimum}")
+        raise ConfigError(f"SSLoRAConfig.{name}={value!r} must be an integer >= {minimum}")
 
 
 def _require_choice(config, name: str, allowed: tuple[str, ...]) -> None:
     value = getattr(config, name)
     if value not in allowed:
-        raise ValueError(f"SSLoRAConfig.{name}={value!r} must be one of {list(allowed)}")
+        raise ConfigError(f"SSLoRAConfig.{name}={value!r} must be one of {list(allowed)}")

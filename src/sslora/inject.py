@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .cache import SpectralCache
-from .config import SSLoRAConfig
+from .config import ConfigError, SSLoRAConfig
 from .layer import LowRankResidual, RoutingContext, SpectralExperts, SSLoRALayer
 from .router import TopKRouter
 from .spectral import expert_factors, residual_factors, select_indices, zero_init_factors
@@ -52,18 +52,18 @@ def find_targets(model: nn.Module, config: SSLoRAConfig) -> list[tuple[str, nn.M
         elif not isinstance(config.target_modules, str) or not list(modules[name].children()):
             unsupported.append(f"{name}: {reason}")  # a regex may sweep over containers; leaves must fit
     if unsupported:
-        raise ValueError("SSLoRAConfig.target_modules matches unsupported modules:\n  " + "\n  ".join(unsupported))
+        raise ConfigError("SSLoRAConfig.target_modules matches unsupported modules:\n  " + "\n  ".join(unsupported))
     if isinstance(config.target_modules, list):
         for entry in config.target_modules:
             if not any(_matches(name, [entry]) for name, _ in targets):
                 excluded = any(_matches(n, [entry]) for n in names)
                 why = "every match is excluded by exclude_modules" if excluded else "no module has this name"
-                raise ValueError(
+                raise ConfigError(
                     f"SSLoRAConfig.target_modules entry {entry!r} matches nothing in {type(model).__name__} ({why}); "
                     f"e.g. available leaf names: {_leaf_examples(model)}"
                 )
     if not targets:
-        raise ValueError(
+        raise ConfigError(
             f"SSLoRAConfig.target_modules={config.target_modules!r} matches no nn.Linear / 1x1 nn.Conv2d "
             f"in {type(model).__name__}; e.g. available leaf names: {_leaf_examples(model)}"
         )
@@ -88,18 +88,26 @@ def _check_rank(name: str, module: nn.Module, config: SSLoRAConfig) -> None:
     m, n = _features(module)
     p, d, big_n = min(m, n), config.expert_rank, config.num_experts
     if config.init == "spectral" and p // big_n < d:
-        raise ValueError(
+        raise ConfigError(
             f"module {name!r} ({m}x{n}) is too small for the requested rank: segment length "
             f"t = min(m, n) // N = {p} // {big_n} = {p // big_n} < d = r / N = {d}; lower r or num_experts"
         )
     if config.init in ("principal", "minor", "random") and config.r > p:
-        raise ValueError(f"module {name!r} ({m}x{n}) is too small for the requested rank r = {config.r} > min(m, n) = {p}")
+        raise ConfigError(f"module {name!r} ({m}x{n}) is too small for the requested rank r = {config.r} > min(m, n) = {p}")
 
 
 def layer_seed(seed: int, name: str) -> int:
     """A per-layer seed that does not depend on the order layers are visited in."""
     digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def adapter_dtype(base_dtype: torch.dtype, config: SSLoRAConfig) -> torch.dtype:
+    """The dtype of a layer's experts and residual factors: fp32 for a half-precision base unless
+    config.autocast_adapter_dtype is off, the base's otherwise."""
+    if config.autocast_adapter_dtype and base_dtype in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return base_dtype
 
 
 def build_layer(
@@ -114,7 +122,7 @@ def build_layer(
     """Wrap `base`. With initialise=False (loading, or meta-device counting) no SVD is computed."""
     m, n = _features(base)
     weight = base.weight
-    device, dtype = weight.device, weight.dtype
+    device, dtype = weight.device, adapter_dtype(weight.dtype, config)
     scaling = config.scaling_for(n)
     router = TopKRouter(n, config.num_experts, config.top_k, device=device)
     experts = SpectralExperts(n, m, config.num_experts, config.r, device=device, dtype=dtype)

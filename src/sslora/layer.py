@@ -9,11 +9,17 @@ j owning rows / columns [j*d, (j+1)*d).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .router import TopKRouter, load_balancing_loss
+from .context import RoutingContext, in_backward
+from .merge import checksum, fold, unfolded
+from .router import TopKRouter, load_balancing_loss, router_balance_loss
+
+__all__ = ["LowRankResidual", "RoutingContext", "SpectralExperts", "SSLoRALayer", "reference_forward"]
 
 
 def _plain_linear(base: nn.Module) -> bool:
@@ -51,38 +57,24 @@ class LowRankResidual(nn.Module):
         return self.res_B @ self.res_A
 
 
-class RoutingContext:
-    """State shared by all layers of one wrapped model: the padding mask of the current batch."""
-
-    def __init__(self):
-        self.attention_mask: torch.Tensor | None = None
-
-    def valid_tokens(self, leading_shape: torch.Size) -> torch.Tensor | None:
-        """(T,) bool for inputs whose leading dims are the mask's (B, L); None when they differ
-        (vision-tower tokens, KV-cached decoding), in which case every token counts."""
-        mask = self.attention_mask
-        if mask is None or tuple(mask.shape) != tuple(leading_shape):
-            return None
-        return mask.reshape(-1).bool()
-
-
 class SSLoRALayer(nn.Module):
     """Wraps a frozen `base` (nn.Linear or 1x1 nn.Conv2d) with routed experts.
 
     Args:
-        base: the frozen module; its parameters are never modified (see merge_residual).
+        base: the frozen module; its parameters are never modified (unless merge_residual is called).
         router: picks top-k experts per token.
         experts: the N concatenated LoRA experts.
         residual: the frozen residual compensation, or None (zero init).
         scaling: s.
         dropout: dropout probability on the adapter input.
-        context: shared routing context (padding mask); a private one if None.
+        context: shared routing context (padding mask, balance losses); a private one if None.
 
     One forward for training and inference (`forward`): only the balance loss (training mode with
-    `compute_aux_loss`) and the routing statistics (`record_stats`, off by default) depend on the
-    mode. No weight is concatenated or copied per call, so there is nothing to cache or invalidate:
-    eval outputs follow every change of the adapter tensors (optimizer steps, loading, `.data`
-    writes) and do not depend on whether autograd is on.
+    `compute_aux_loss`; appended to the context's current forward scope, see
+    `RoutingContext.collect_aux_losses`) and the routing statistics (`record_stats`, off by
+    default) depend on the mode. No weight is concatenated or copied per call, so there is nothing
+    to cache or invalidate: eval outputs follow every change of the adapter tensors (optimizer
+    steps, loading, `.data` writes) and do not depend on whether autograd is on.
     """
 
     def __init__(
@@ -101,19 +93,19 @@ class SSLoRALayer(nn.Module):
         self.scaling = float(scaling)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.context = context or RoutingContext()
+        self.context.register_layer()
+        self._released = False
         self.is_conv = isinstance(base, nn.Conv2d)
         # fixed at construction; plain attributes (submodule attributes go through Module.__getattr__)
         self._num_experts, self._top_k, self._expert_rank = experts.num_experts, router.top_k, experts.expert_rank
         self.disabled = False
         self.compute_aux_loss = True
-        self.last_aux_loss: torch.Tensor | None = None
         # routing statistics cost a few ops per call: off unless asked for (SSLoRAModel.record_routing_stats)
         self.record_stats = False
         # calls with at most this many tokens and no adapter gradient gather the k chosen experts'
         # rows per token instead of computing all N (`_gather_delta`). 0 = never: measured slower
         # than the dense path at every decoding size tried (1-16 tokens, 576-18944 wide).
         self.gather_max_tokens = 0
-        self._original_weight: torch.Tensor | None = None
         n = experts.num_experts
         self.register_buffer("expert_counts", torch.zeros(n, device=experts.lora_A.device), persistent=False)
         self.register_buffer("gate_sums", torch.zeros(n, device=experts.lora_A.device), persistent=False)
@@ -131,7 +123,8 @@ class SSLoRALayer(nn.Module):
         modules = self._modules  # dict reads, not Module.__getattr__: this runs per layer per token
         base = modules["base"]
         if self.disabled:
-            return base(x)
+            merged = modules.get("_merged_residual")
+            return base(x) if merged is None else self._original_base_forward(x, merged)
         experts, residual = modules["experts"]._parameters, modules.get("residual")
         lora_a, lora_b = experts["lora_A"], experts["lora_B"]
         leading = x.shape[:1] + x.shape[2:] if self.is_conv else x.shape[:-1]
@@ -181,14 +174,12 @@ class SSLoRALayer(nn.Module):
         count, n_exp = hidden.shape[0], self._num_experts
         if n_exp == 1 and not (self.training and self.compute_aux_loss):
             # a one-way softmax is exactly 1: N = 1 is LoRA (+ residual), the router need not run
-            if self.last_aux_loss is not None:
-                self.last_aux_loss = None
-            if self.record_stats:
+            if self.record_stats and not in_backward():
                 self._accumulate_stats(torch.ones(count, 1, device=flat.device), self.context.valid_tokens(leading_shape))
             return hidden
         router = self._modules["router"]
         gates, indices, logits = router.route(router.logits(flat))  # fp32 (T, N): zeros off the top-k
-        self._record_routing(gates, indices, logits, leading_shape)
+        self._record_routing(gates, indices, logits, leading_shape, flat)
         if gates.dtype != hidden.dtype:
             gates = gates.to(hidden.dtype)
         return (hidden.view(count, n_exp, self._expert_rank) * gates.unsqueeze(-1)).view(count, hidden.shape[1])
@@ -202,7 +193,7 @@ class SSLoRALayer(nn.Module):
         top, indices = logits.topk(k, dim=-1)
         weights = top.softmax(dim=-1)
         gates = torch.zeros_like(logits).scatter_(1, indices, weights) if self.record_stats else None
-        self._record_routing(gates, indices, logits, leading_shape)
+        self._record_routing(gates, indices, logits, leading_shape, flat)
         rows = lora_a.view(n_exp, d, -1)[indices].view(count, k * d, -1)  # (T, k d, n)
         hidden = torch.bmm(rows, flat.unsqueeze(-1)).view(count, k, d)
         scaled = hidden * (weights.to(hidden.dtype) * self.scaling).unsqueeze(-1)
@@ -212,28 +203,47 @@ class SSLoRALayer(nn.Module):
     def _adapter_requires_grad(self) -> bool:
         return self.experts.lora_A.requires_grad or self.experts.lora_B.requires_grad or self.router.weight.requires_grad
 
-    def _record_routing(self, gates, indices, logits, leading_shape: torch.Size) -> None:
-        """Balance loss (training mode, compute_aux_loss) and statistics (record_stats) only."""
+    def _record_routing(self, gates, indices, logits, leading_shape: torch.Size, flat: torch.Tensor) -> None:
+        """Balance loss (training mode, compute_aux_loss) and statistics (record_stats) only.
+
+        The loss goes to the context's forward scope (none: dropped). It is computed whenever autograd
+        is on, collected or not, because non-reentrant checkpointing recomputes a layer in backward
+        and needs the same saved tensors as its forward. Under no_grad in a collecting scope (the
+        forward of reentrant checkpointing) it still trains the router (`router_balance_loss`)."""
         want_aux = self.training and self.compute_aux_loss
-        if self.last_aux_loss is not None:  # (nn.Module.__setattr__ is slow enough to matter per token)
-            self.last_aux_loss = None
         if not (want_aux or self.record_stats):
             return
-        valid = self.context.valid_tokens(leading_shape)
-        if self.record_stats:
+        context = self.context
+        valid = context.valid_tokens(leading_shape)
+        if self.record_stats and not in_backward():  # a recomputation was already counted in forward
             self._accumulate_stats(gates, valid)
-        if want_aux:
-            self.last_aux_loss = load_balancing_loss(logits, indices, self._num_experts, valid)
+        if not want_aux:
+            return
+        collecting = context.collecting
+        router = self._modules["router"]
+        if torch.is_grad_enabled():
+            loss = load_balancing_loss(logits, indices, self._num_experts, valid)
+        elif not collecting:
+            return
+        elif router.weight.requires_grad and not torch.is_inference_mode_enabled():
+            loss = router_balance_loss(flat, router.weight, logits, indices, self._num_experts, valid)
+        else:
+            loss = load_balancing_loss(logits, indices, self._num_experts, valid)
+        if collecting:
+            context.add_aux_loss(loss)
 
     @torch.no_grad()
     def _accumulate_stats(self, gates: torch.Tensor, valid: torch.Tensor | None) -> None:
-        """Tensors only: no host sync in the hot path."""
+        """Tensors only: no host sync in the hot path. Under the context's lock: threads running the
+        model at once would lose each other's read-modify-write."""
         chosen = (gates > 0).float()
         weighted = gates.detach().float()
         if valid is not None:
             chosen, weighted = chosen * valid[:, None], weighted * valid[:, None]
-        self.expert_counts += chosen.sum(0)
-        self.gate_sums += weighted.sum(0)
+        chosen, weighted = chosen.sum(0), weighted.sum(0)
+        with self.context.stats_lock:
+            self.expert_counts += chosen
+            self.gate_sums += weighted
 
     # ------------------------------------------------------------------ adapter state
     def adapter_parameters(self) -> list[nn.Parameter]:
@@ -246,28 +256,52 @@ class SSLoRALayer(nn.Module):
         self.expert_counts.zero_()
         self.gate_sums.zero_()
 
-    def _base_weight_2d(self) -> torch.Tensor:
-        return self.base.weight.view(self.base.weight.shape[0], -1)
+    def _original_base_forward(self, x: torch.Tensor, residual: LowRankResidual) -> torch.Tensor:
+        """base(x) with the original W0 after `merge_residual`, rebuilt bit for bit per call (an (m, n)
+        temporary, nothing kept): disabling the adapter still gives the base model exactly."""
+        base = self.base
+        weight = unfolded(base.weight, residual.weight(), self._merge_index, self._merge_values)
+        if type(base) is nn.Linear:
+            return F.linear(x, weight, base.bias)
+        if type(base) is nn.Conv2d:
+            return base._conv_forward(x, weight, base.bias)
+        return torch.func.functional_call(base, {"weight": weight}, (x,))
 
     @torch.no_grad()
     def merge_residual(self) -> None:
         """Fold W_res into the base weight (W0 <- W0 - W_res) and drop the residual pass.
 
-        Saves a copy of W0 so that unload() still restores it bit-exactly.
+        W0 is not copied: only the entries that (W0 - W_res) + W_res does not round back to are
+        kept, (index, value) (`merge.fold`), so that disabling the adapter and `unwrap` give W0 bit
+        for bit on the device and dtype it was merged on. Meant for inference: the base weight is
+        modified in place.
         """
         if self.residual is None:
             return
-        self._original_weight = self.base.weight.detach().clone()
-        weight = self._base_weight_2d()
-        weight -= self.residual.weight().to(weight.dtype)
+        index, values, original = fold(self.base.weight, self.residual.weight())
+        self.register_buffer("_merge_index", index, persistent=False)
+        self.register_buffer("_merge_values", values, persistent=False)
+        self._merge_checksum = original
         self._merged_residual, self.residual = self.residual, None  # kept: save_pretrained still writes it
 
     def unwrap(self) -> nn.Module:
-        """The base module with its original weight."""
-        if self._original_weight is not None:
+        """The base module with its original weight; the layer lets go of the shared context."""
+        merged = self._modules.get("_merged_residual")
+        if merged is not None:
             with torch.no_grad():
-                self.base.weight.copy_(self._original_weight)
-            self._original_weight = None
+                weight = self.base.weight
+                weight.copy_(unfolded(weight, merged.weight(), self._merge_index, self._merge_values))
+            if checksum(self.base.weight) != self._merge_checksum:
+                warnings.warn(
+                    "SSLoRA unwrap: the restored base weight differs from the one merged (the residual "
+                    "factors changed, or the model moved to another device or dtype since merge_residual)",
+                    stacklevel=2,
+                )
+            del self._merged_residual, self._merge_index, self._merge_values
+            self.residual = merged
+        if not self._released:
+            self._released = True
+            self.context.release_layer()
         return self.base
 
 

@@ -65,9 +65,15 @@ def load_balancing_loss(
 
     logits: (T, N) router logits; indices: (T, k) selected experts; valid: (T,) bool, False for
     padding tokens, which are excluded from both f (routed fraction of (token, slot) pairs) and P
-    (mean full-softmax probability). Equals 1 under perfectly uniform routing.
+    (mean full-softmax probability). Equals 1 under perfectly uniform routing. Differentiable in the
+    logits (f is a count, constant).
     """
-    probs = logits.float().softmax(dim=-1)
+    return _BalanceLoss.apply(logits, indices, valid, num_experts)
+
+
+def _balance(logits, indices, num_experts, valid) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, c) with loss = sum_i c_i * sum_t w_t p_ti, c = N f / count (N,), p = softmax(logits)."""
+    probs = logits.float().softmax(dim=-1) if logits.dtype in (torch.float16, torch.bfloat16) else logits.softmax(-1)
     routed = torch.zeros_like(probs).scatter(-1, indices, 1.0)  # (T, N) one per selected slot
     if valid is not None:
         weight = valid.to(probs.dtype)[:, None]
@@ -75,6 +81,67 @@ def load_balancing_loss(
         probs, routed = probs * weight, routed * weight
     else:
         count = float(max(logits.shape[0], 1))  # a Python number: no tensor made per call
-    fraction = routed.sum(0) / (count * indices.shape[-1])
-    mean_prob = probs.sum(0) / count
-    return num_experts * (fraction * mean_prob).sum()
+    coef = num_experts * routed.sum(0) / (count * indices.shape[-1] * count)
+    return (coef * probs.sum(0)).sum(), coef
+
+
+def _balance_grad(logits: torch.Tensor, coef: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """d loss / d logits, (T, N): w_t p_t (c - <p_t, c>) (the softmax Jacobian applied to c)."""
+    probs = logits.float().softmax(dim=-1) if logits.dtype in (torch.float16, torch.bfloat16) else logits.softmax(-1)
+    grad = probs * (coef - (probs * coef).sum(-1, keepdim=True))
+    return grad * valid.to(grad.dtype)[:, None] if valid is not None else grad
+
+
+class _BalanceLoss(torch.autograd.Function):
+    """The balance loss with its gradient written out. The padding mask and the fractions are kept
+    as attributes, not saved tensors: non-reentrant gradient checkpointing replaces saved tensors by
+    a recomputation in backward, which runs outside the forward's padding mask (a different number
+    of saved tensors was a CheckpointError; a different mask would be a wrong gradient)."""
+
+    @staticmethod
+    def forward(ctx, logits, indices, valid, num_experts):
+        loss, coef = _balance(logits, indices, num_experts, valid)
+        ctx.save_for_backward(logits)
+        ctx.coef, ctx.valid = coef, valid
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, upstream):
+        (logits,) = ctx.saved_tensors
+        grad = _balance_grad(logits, ctx.coef, ctx.valid)
+        return (upstream * grad).to(logits.dtype), None, None, None
+
+
+class _WithWeightGradient(torch.autograd.Function):
+    """A value whose gradient with respect to `weight` was computed beforehand: upstream * grad."""
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(grad)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, upstream: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return None, upstream.to(grad.dtype) * grad, None
+
+
+def router_balance_loss(
+    x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, indices: torch.Tensor, num_experts: int,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The balance loss of a forward run without autograd (reentrant gradient checkpointing runs the
+    forward under no_grad and recomputes it during backward, too late for a loss added to the total),
+    differentiable in the router weight only.
+
+    x: (T, n) router input; weight: (N, n); logits: (T, N) = W_z x; indices: (T, k). The weight's
+    gradient d loss / d W_z = (d loss / d logits)^T x, (N, n), is computed now and applied in backward,
+    so the router gets exactly the gradient it gets without checkpointing; the loss's gradient into x
+    (coef-sized, through the rest of the network) is what is left out.
+    """
+    logits = logits.detach()
+    loss, coef = _balance(logits, indices, num_experts, valid)
+    grad_weight = _balance_grad(logits, coef, valid).to(weight.dtype).T @ x.to(weight.dtype)
+    with torch.enable_grad():  # a graph node although the forward runs without autograd
+        return _WithWeightGradient.apply(loss, weight, grad_weight)

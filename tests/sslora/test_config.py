@@ -1,8 +1,9 @@
+import json
 import math
 
 import pytest
 
-from sslora import PRESETS, SSLoRAConfig
+from sslora import PRESETS, ConfigError, SSLoRAConfig, get_sslora_model
 
 
 def test_optimal_scaling_matches_formula():
@@ -48,3 +49,31 @@ def test_json_round_trip(tmp_path):
 def test_bad_config_names_field_and_allowed_values(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
         SSLoRAConfig(**kwargs)
+
+
+def test_unknown_key_is_refused_with_a_hint():
+    with pytest.raises(ConfigError, match=r"unknown SSLoRAConfig field\(s\) \['num_expert'\] \(did you mean 'num_experts'\?\)"):
+        SSLoRAConfig.from_dict({"r": 8, "num_expert": 4})
+    assert SSLoRAConfig.from_dict({"r": 8, "num_experts": 4}).r == 8
+
+
+def test_adapter_config_written_by_save_pretrained_loads_and_a_typo_in_it_is_named(tmp_path):
+    from .helpers import TinyMLP
+
+    config = SSLoRAConfig(target_modules=["fc_in", "fc_mid"], r=8, num_experts=4)
+    get_sslora_model(TinyMLP(), config).save_pretrained(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    payload = json.loads(path.read_text())
+    assert {"layers", "library_version"} <= set(payload)  # metadata beside the fields
+    loaded, _ = SSLoRAConfig.load(tmp_path)
+    assert loaded.to_dict() == {**config.to_dict(), "library_version": payload["library_version"]}
+    payload["top_kk"] = 1
+    path.write_text(json.dumps(payload))
+    with pytest.raises(ConfigError, match=rf"{path}: unknown SSLoRAConfig field\(s\) \['top_kk'\] \(did you mean 'top_k'\?\)"):
+        SSLoRAConfig.load(tmp_path)
+
+
+def test_every_invalid_setting_is_one_error_type():
+    assert issubclass(ConfigError, ValueError)  # callers catching ValueError keep working
+    with pytest.raises(ConfigError):
+        SSLoRAConfig(r=0)

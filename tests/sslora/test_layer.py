@@ -89,7 +89,9 @@ def test_residual_is_expected_update_so_uniform_routing_gives_w0(init):
     w0 = layer.base.weight
     equivalent = w0 - w_res + sum(u / 4 for u in expert_updates)
     torch.testing.assert_close(equivalent, w0, atol=1e-6, rtol=1e-5)
-    assert (layer(torch.randn(2, 48)) - layer.base(torch.randn(2, 48))).abs().max() > 0  # not exact per token
+    # ... but only in expectation: each token uses its own top-k experts, so per token it differs
+    x = torch.randn(2, 48)
+    assert (layer(x) - layer.base(x)).abs().max() > 1e-3
 
 
 def test_base_weight_never_modified_by_training():
@@ -133,12 +135,14 @@ def test_aux_loss_ignores_padding():
     x = torch.randn(2, 6, 48)
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]])
     layer.context.attention_mask = mask
-    layer(x)
-    masked = layer.last_aux_loss
+    with layer.context.collect_aux_losses() as losses:
+        layer(x)
+    [masked] = losses
     garbage = x.clone()
     garbage[mask == 0] = torch.randn(int((mask == 0).sum()), 48) * 100
-    layer(garbage)
-    torch.testing.assert_close(layer.last_aux_loss, masked)
+    with layer.context.collect_aux_losses() as losses:
+        layer(garbage)
+    torch.testing.assert_close(losses[0], masked)
     valid_tokens = x[mask.bool()]
     logits = valid_tokens @ layer.router.weight.T
     torch.testing.assert_close(masked, load_balancing_loss(logits, logits.topk(2).indices, 4))
@@ -150,8 +154,9 @@ def test_aux_loss_uniform_routing_is_one_and_off_in_eval():
     assert load_balancing_loss(logits, indices, 4).item() == pytest.approx(1.0)
     layer, _ = make_layer(40, 48, r=8, num_experts=4, top_k=2)
     layer.eval()
-    layer(torch.randn(3, 48))
-    assert layer.last_aux_loss is None
+    with layer.context.collect_aux_losses() as losses:
+        layer(torch.randn(3, 48))
+    assert losses == []
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])

@@ -81,6 +81,20 @@ def test_from_a_real_adapter(tmp_path):
     assert "base_model" not in meta  # a bare nn.Module has no name
 
 
+def test_save_pretrained_writes_the_card(tmp_path):
+    """save_pretrained writes README.md itself: adapter parameter count, the training facts given."""
+    base = torch.nn.Sequential()
+    base.add_module("fc1", torch.nn.Linear(16, 32))
+    base.add_module("fc2", torch.nn.Linear(32, 16))
+    model = get_sslora_model(base, _config(), use_cache=False)
+    model.save_pretrained(tmp_path, training={"steps": 7, "datasets": ["vqa_rad"]}, results={"vqa_rad": {"closed_acc": 0.5}})
+    meta, body = split_front_matter((tmp_path / "README.md").read_text())
+    layers = model.sslora_layers().values()
+    assert meta["trainable_parameters"] == sum(p.numel() for layer in layers for p in layer.adapter_parameters())
+    assert meta["training"]["steps"] == 7 and meta["datasets"] == ["vqa_rad"] and MARKER in body
+    assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.5
+
+
 def test_base_model_names():
     class VLM(torch.nn.Module):
         base_config = {"name": "medqwen-mini", "kwargs": {}}

@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from medqwen.data import Sample, normalize_answer, read_dataset
+from medqwen.eval.evaluators import EvalSettings, evaluate_ranking, evaluate_vqa
 from medqwen.training.config import DataSpec
 
 from .config import TaskConfig
@@ -64,31 +65,22 @@ def score_task(
     model, task: TaskConfig, samples: Sequence[Sample], *, cache=None, blank_images: bool = False,
     batch_size: int = 32, max_new_tokens: int = 12,
 ) -> dict[str, Any]:
-    """{"score", "n", "scorer", ["gold_logprob"], "seconds"} of ``model`` on a task's eval samples.
+    """{"score", "n", "scorer", ["gold_logprob"], "seconds"} of ``model`` on a task's eval samples,
+    by the registered evaluators of :mod:`medqwen.eval`.
 
-    ``closed_rank``: accuracy of the most likely candidate (:func:`medqwen.eval.ranking.rank_answers`,
-    one teacher-forced forward per (question, candidate); ``gold_logprob`` = the mean log-likelihood of
-    the reference answer, which moves before the accuracy does). ``vqa``: greedy generation scored by
-    :func:`medqwen.eval.vqa_scores` (``task.score``: closed_acc, open_recall or exact_match).
+    ``closed_rank``: accuracy of the most likely candidate (the "rank" evaluator with the sequence
+    scorer: one teacher-forced forward per (question, candidate); ``gold_logprob`` = the mean
+    log-likelihood of the reference answer, which moves before the accuracy does). ``vqa``: greedy
+    generation scored by the "vqa" evaluator (``task.score``: closed_acc, open_recall or exact_match).
     ``blank_images`` zeroes the image features (the question-prior control).
     """
     start = time.perf_counter()
+    settings = EvalSettings(batch_size=batch_size, max_new_tokens=max_new_tokens, blank_images=blank_images, cache=cache)
     extra: dict[str, Any] = {}
     if task.metric == "closed_rank":
-        from medqwen.eval.ranking import candidate_logprobs
-
-        options = [s.extra["candidates"] for s in samples]
-        logprobs = candidate_logprobs(model, samples, options, cache=cache, blank_images=blank_images, batch_size=batch_size)
-        # the first most likely candidate, as medqwen.eval.ranking.rank_answers picks it
-        predictions = [opts[max(range(len(opts)), key=row.__getitem__)] for opts, row in zip(options, logprobs)]
-        score = sum(p == s.answer for p, s in zip(predictions, samples)) / len(samples)
-        # a continuous companion of the accuracy: mean log-likelihood of the reference answer
-        extra["gold_logprob"] = sum(row[opts.index(s.answer)] for s, opts, row in zip(samples, options, logprobs)) / len(samples)
+        metrics = dict(evaluate_ranking(model, samples, settings, scorer="sequence"))
+        score = metrics["acc"]
+        extra["gold_logprob"] = metrics["gold_logprob"]
     else:
-        from medqwen.eval import vqa_scores
-        from medqwen.training.evaluate import predict, records_for
-
-        predictions = predict(model, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                              blank_images=blank_images, cache=cache, desc=f"eval {task.name}")
-        score = vqa_scores(records_for(samples, predictions))[task.score]
+        score = dict(evaluate_vqa(model, samples, settings))[task.score]
     return {"score": float(score), "n": len(samples), "scorer": scorer_name(task), **extra, "seconds": time.perf_counter() - start}

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 from pathlib import Path
 from typing import Iterator
 
 from .schema import DataError, Sample, SampleList, normalize_text
 from .validate import (
     EMPTY_ANSWER, MALFORMED_FILE, MISSING_IMAGE, ImageResolver, RowContext, canonical_split,
-    collect, find_split_file, iter_json_records, text_field,
+    collect, find_split_file, iter_json_records, read_text, text_field,
 )
 
 ROCO_INSTRUCTION = "Describe the image."
@@ -25,12 +26,11 @@ _ROCO_DIRS = {"train": "train", "val": "valid", "test": "test"}
 
 def _csv_rows(file: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
     """``(data-row index, row)`` pairs; the header is not counted."""
-    with file.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in required if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(MALFORMED_FILE, file=file, detail=f"missing columns {missing}")
-        yield from enumerate(reader)
+    reader = csv.DictReader(io.StringIO(read_text(file), newline=""))
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(MALFORMED_FILE, file=file, detail=f"missing columns {missing}")
+    yield from enumerate(reader)
 
 
 def _concepts(file: Path) -> dict[str, list[str]]:

@@ -7,8 +7,11 @@
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Callable
+
+from medqwen.errors import ConfigError, did_you_mean, unknown_keys
 
 from .captions import read_iu_xray, read_roco
 from .grounding import read_roco_grounding, read_vqa_rad_organ
@@ -18,7 +21,7 @@ from .llava_med import read_llava_med
 from .medmnist import read_medmnist
 from .omnimedvqa import read_omnimedvqa
 from .schema import SampleList
-from .synthetic import read_synthetic
+from .synthetic import make_synthetic_vqa, read_synthetic
 from .vqa import read_pathvqa, read_slake, read_vqa_rad
 
 Reader = Callable[..., SampleList]
@@ -42,6 +45,40 @@ ALIASES = {
     "llavamed": "llava_med", "rocov2": "roco", "iuxray": "iu_xray", "openi": "iu_xray",
     "pneumoniamnist": "medmnist",
 }
+
+
+# Readers that hand their ``**options`` on to another function accept that function's options too.
+FORWARDED_OPTIONS: dict[Reader, Callable[..., Any]] = {
+    read_roco_grounding: read_roco, read_vqa_rad_organ: read_vqa_rad, read_synthetic: make_synthetic_vqa,
+}
+
+
+class UnknownOptionError(ConfigError):
+    """A reader option (a DataSpec's ``options:`` key) the reader does not take."""
+
+
+def reader_options(reader: Callable[..., Any]) -> set[str] | None:
+    """Keyword options of a reader (its first parameter, the path, and ``split`` excluded), following
+    ``**options`` handed on to another function; None if they cannot be known (e.g. ``hf``'s, which go
+    to ``datasets.load_dataset``)."""
+    params = list(inspect.signature(reader).parameters.values())[1:]
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "split"}
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        if reader not in FORWARDED_OPTIONS:
+            return None
+        inner = reader_options(FORWARDED_OPTIONS[reader])
+        return None if inner is None else names | inner
+    return names
+
+
+def check_options(name_or_format: str, opts: dict[str, Any]) -> None:
+    """Refuse options the reader does not take, naming them and the allowed ones (not a TypeError)."""
+    key = _key(name_or_format)
+    reader = READERS.get(key)
+    allowed = None if reader is None else reader_options(reader)
+    unknown = set(opts) - allowed if allowed is not None else set()
+    if unknown:
+        raise UnknownOptionError(f"reader {key!r}: {unknown_keys('option', unknown, allowed)}")
 
 
 def _key(name: str) -> str:
@@ -71,8 +108,9 @@ def read_dataset(name_or_format: str, path: str | Path | None = None, split: str
             raise ValueError("read_dataset('hf', path=<dataset id>) needs the dataset id as path")
         return read_hf(str(path), split, **opts)
     if key not in READERS:
-        raise ValueError(f"unknown dataset {name_or_format!r}; "
+        raise ValueError(f"unknown dataset {name_or_format!r}{did_you_mean(key, list(READERS) + list(ALIASES))}; "
                          f"known: {sorted(READERS)} or hf://<id>")
     if path is None:
         raise ValueError(f"read_dataset({name_or_format!r}) needs a path")
+    check_options(key, opts)
     return READERS[key](path, split, **opts)

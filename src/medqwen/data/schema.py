@@ -15,6 +15,14 @@ from PIL import Image, UnidentifiedImageError
 
 ANSWER_TYPES = ("closed", "open")
 
+# Largest image (width x height) that open_image decodes: 50 megapixels, e.g. 7071 x 7071. Radiographs,
+# mammograms, CT/MR slices and pathology tiles are far smaller; a larger file (a whole-slide image, a
+# scan saved at print resolution) is refused by name from its header, before its pixels are decoded:
+# the model sees at most a few hundred pixels a side, and PIL's own guard (DecompressionBombError at
+# about 179 M pixels) would fail without naming the file. Downscale such files first, or pass
+# max_pixels to open_image. The web page (medqwen serve) uses the same limit.
+MAX_IMAGE_PIXELS = 50_000_000
+
 
 class DataError(ValueError):
     """A bad row (or file) in a dataset.
@@ -147,13 +155,14 @@ def load_image(sample: Sample, index: int = 0) -> Image.Image:
     return open_image(sample.images[index])
 
 
-def open_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Image:
+def open_image(path: str | Path, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
     """Read an image file as an RGB PIL image: the one loader of training, ``predict`` and ``serve``.
 
     DICOM files (``.dcm``/``.dicom``/``.dic``, or the ``DICM`` magic) go through
     :func:`medqwen.data.dicom.load_dicom` (rescale, window, MONOCHROME1, middle
     frame); everything else through PIL and :func:`to_rgb` (16-bit and float
-    images are rescaled, not clipped). ``max_pixels`` rejects larger images
+    images are rescaled, not clipped). ``max_pixels`` (default
+    :data:`MAX_IMAGE_PIXELS`; None: only PIL's own limit) rejects larger images
     from their header, before decoding. Raises :class:`ImageLoadError` (a
     ValueError) naming the file.
     """
@@ -161,14 +170,33 @@ def open_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Imag
 
     if is_dicom(path):
         return load_dicom(path, max_pixels=max_pixels)
+    return _read_pil(path, max_pixels, decode=True)
+
+
+def check_image_header(path: str | Path, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> None:
+    """The cheap part of :func:`open_image`: the file exists, is not empty, has a header PIL reads
+    and is at most ``max_pixels``; pixels are not decoded (a truncated file passes). DICOM files are
+    only checked for presence: pydicom reads header and pixels in one go. Raises :class:`ImageLoadError`."""
+    from .dicom import is_dicom
+
+    if is_dicom(path):
+        if not Path(path).is_file():
+            raise ImageLoadError(f"{path}: no such file")
+        return
+    _read_pil(path, max_pixels, decode=False)
+
+
+def _read_pil(path: str | Path, max_pixels: int | None, *, decode: bool) -> Image.Image | None:
     try:
         with Image.open(path) as im:
             width, height = im.size
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageLoadError(
                     f"{path}: image is {width} x {height} = {width * height:,} pixels, "
-                    f"more than the limit of {max_pixels:,} pixels"
+                    f"more than the limit of {max_pixels:,} pixels (MAX_IMAGE_PIXELS): downscale it first"
                 )
+            if not decode:
+                return None
             im.load()
             return to_rgb(im)
     except ImageLoadError:
@@ -178,9 +206,12 @@ def open_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Imag
     except IsADirectoryError as err:
         raise ImageLoadError(f"{path}: is a folder, not an image file") from err
     except UnidentifiedImageError as err:
+        if Path(path).stat().st_size == 0:
+            raise ImageLoadError(f"{path}: empty file (0 bytes), not an image") from err
         raise ImageLoadError(f"{path}: not an image file (neither a format PIL reads nor DICOM)") from err
-    except Image.DecompressionBombError as err:
-        raise ImageLoadError(f"{path}: image too large to decode safely ({err})") from err
+    except Image.DecompressionBombError as err:  # raised by Image.open, before our own size check
+        raise ImageLoadError(f"{path}: image too large to decode safely ({err}); images may have at most "
+                             f"{max_pixels or MAX_IMAGE_PIXELS:,} pixels: downscale it first") from err
     except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt data
         raise ImageLoadError(f"{path}: unreadable image ({type(err).__name__}: {err})") from err
 

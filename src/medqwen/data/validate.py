@@ -150,6 +150,7 @@ def collect(
     """
     out = SampleList()
     skipped: Counter[str] = Counter()
+    rows_of_id: dict[Any, list[Any]] = {}
     for index, row in rows:
         row_id = row.get(id_key) if id_key and isinstance(row, dict) else None
         ctx = RowContext(file, index, row_id)
@@ -166,10 +167,27 @@ def collect(
             out.append(built)
         elif built:
             out.extend(built)
+        if built and row_id is not None:
+            rows_of_id.setdefault(_hashable(row_id), []).append(index)
     out.skipped = dict(skipped)
     if log_report:
         report(file, out)
+    warn_duplicate_ids(file, id_key, rows_of_id)
     return out
+
+
+def warn_duplicate_ids(file: Path | str, id_key: str | None, rows_of_id: dict[Any, list[Any]]) -> None:
+    """One warning naming a few ids used by several rows: often a file concatenated twice, or a
+    train/test mix-up. The rows are kept (a repeated id may be deliberate)."""
+    repeated = {k: v for k, v in rows_of_id.items() if len(v) > 1}
+    if repeated:
+        shown = "; ".join(f"{k!r} at rows {v[:4]}" for k, v in list(repeated.items())[:5])
+        log.warning("%s: %d ids in field %r occur in more than one row (%s%s); all rows are kept", file, len(repeated),
+                    id_key, shown, "; ..." if len(repeated) > 5 else "")
+
+
+def _hashable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool)) else repr(value)
 
 
 def report(where: Path | str, samples: SampleList) -> None:
@@ -189,7 +207,7 @@ def iter_json_records(file: Path) -> Iterator[tuple[int, Any]]:
     skip it like any other bad row. Non-object records become DataErrors too.
     """
     file = Path(file)
-    text = file.read_text(encoding="utf-8-sig")
+    text = read_text(file)
     if file.suffix.lower() != ".jsonl" and text.lstrip().startswith("["):
         try:
             records = json.loads(text)
@@ -203,6 +221,19 @@ def iter_json_records(file: Path) -> Iterator[tuple[int, Any]]:
             record = DataError(MALFORMED_ROW, file=file, row=index,
                                detail=f"expected an object, got {type(record).__name__}")
         yield index, record
+
+
+def read_text(file: Path) -> str:
+    """A UTF-8 annotation file's text (a BOM is dropped); a DataError naming the file and the first bad
+    byte if it is in another encoding."""
+    data = Path(file).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(MALFORMED_FILE, file=file, detail=(
+            f"not UTF-8 text: byte 0x{data[err.start]:02x} at line {line} (byte offset {err.start}); "
+            f"expected UTF-8, e.g. re-save it with: iconv -f latin1 -t utf-8")) from None
 
 
 def _jsonl_pairs(file: Path, text: str) -> Iterator[tuple[int, Any]]:

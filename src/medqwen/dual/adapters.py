@@ -27,6 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from medqwen.errors import ConfigError
+
 from .base import DualEncoder
 from .full_moe import upcycle
 
@@ -54,10 +56,10 @@ class MethodSpec:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"method {self.method!r}; known: {list(METHODS)}")
+            raise ConfigError(f"method {self.method!r}; known: {list(METHODS)}")
         unknown = set(self.towers) - set(TOWERS)
         if unknown or not self.towers:
-            raise ValueError(f"towers {self.towers!r} must be a non-empty subset of {list(TOWERS)}")
+            raise ConfigError(f"towers {self.towers!r} must be a non-empty subset of {list(TOWERS)}")
 
 
 def is_adaptable(module: nn.Module) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -264,7 +264,6 @@ def cider_d(predictions, references, n: int = 4, sigma: float = 6.0,
     return (mean, scores) if return_per_segment else mean
 
 
-# ------------------------------------------------------------------ evaluator
 def caption_scores(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
     """All caption metrics: ``bleu_1..bleu_4``, ``rouge_l``, ``meteor``, ``cider_d``."""
     out = {f"bleu_{k + 1}": s for k, s in enumerate(corpus_bleu(predictions, references))}
@@ -272,9 +271,3 @@ def caption_scores(predictions: list[str], references: list[list[str]]) -> dict[
     out["meteor"] = meteor(predictions, references)
     out["cider_d"] = cider_d(predictions, references)
     return out
-
-
-def evaluate_captions(predictions: list[str],
-                      references: list[list[str]]) -> Iterator[tuple[str, float]]:
-    """big_vision-style evaluator: yields ``(name, value)`` from :func:`caption_scores`."""
-    yield from caption_scores(predictions, references).items()

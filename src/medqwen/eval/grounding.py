@@ -3,7 +3,8 @@
 For each probe set (closed questions built from labels of images never trained on, see
 :mod:`medqwen.data.grounding`) the evaluator yields
 
-- ``acc``: the model's accuracy, candidates ranked by likelihood (:mod:`medqwen.eval.ranking`);
+- ``acc``: the model's accuracy, candidates ranked by likelihood (the registered "rank" evaluator,
+  :func:`medqwen.eval.evaluators.evaluate_ranking`);
 - ``blank_acc``: the same model with the image features zeroed (what the question alone gives);
 - ``probe_acc``: a linear probe on the frozen image features answering the same questions — the
   ceiling the image tower allows (logistic regression on mean-pooled features, trained on the
@@ -14,13 +15,13 @@ For each probe set (closed questions built from labels of images never trained o
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
 
-from .ranking import rank_answers
+from .evaluators import EvalSettings, evaluate_ranking, feature_cache_for
 
 
 @dataclass
@@ -130,21 +131,20 @@ def accuracy(predictions: Sequence[str], questions: Sequence) -> float:
 
 
 def evaluate_probe_set(model, probe: ProbeSet, *, cache=None, batch_size: int = 32, linear: bool = True) -> Iterator[tuple[str, Any]]:
-    """Yield (name, value): acc, blank_acc, probe_acc (if the model exposes image features), n, majority."""
-    from medqwen.data.grounding import CLASSES, majority_share
+    """Yield (name, value): acc and blank_acc (the registered "rank" evaluator, with and without the
+    image), probe_acc (if the model exposes image features), n, majority."""
+    from medqwen.data.grounding import CLASSES
 
     start = time.perf_counter()
     questions = probe.questions
     vlm = getattr(model, "base_model", model)
-    if cache is None and hasattr(vlm, "encode_images"):
-        from medqwen.training.batches import FeatureCache, supports_feature_cache
-
-        cache = FeatureCache(vlm) if supports_feature_cache(vlm) else None
-    predictions = rank_answers(model, questions, cache=cache, batch_size=batch_size)
-    blank = rank_answers(model, questions, cache=cache, batch_size=batch_size, blank_images=True)
-    yield "acc", accuracy(predictions, questions)
-    yield "blank_acc", accuracy(blank, questions)
-    if linear and hasattr(vlm, "encode_images") and probe.probe_train:
+    cache = feature_cache_for(vlm, cache)  # shared by both passes and the linear probe
+    settings = EvalSettings(batch_size=batch_size, cache=cache)
+    scored = dict(evaluate_ranking(model, questions, settings))
+    blank = dict(evaluate_ranking(model, questions, replace(settings, blank_images=True)))
+    yield "acc", scored["acc"]
+    yield "blank_acc", blank["acc"]
+    if linear and vlm.supports_image_features and probe.probe_train:
         classes = CLASSES[probe.task]
         x = pooled_features(vlm, [s for s, _ in probe.probe_train], cache)
         y = torch.tensor([classes.index(c) for _, c in probe.probe_train])
@@ -154,8 +154,8 @@ def evaluate_probe_set(model, probe: ProbeSet, *, cache=None, batch_size: int = 
         yield "probe_acc", accuracy(probe_answers(questions, predicted), questions)
         yield "probe_l2", l2
         yield "probe_train_n", len(y)
-    yield "n", len(questions)
-    yield "majority", majority_share(questions)
-    yield "records", [{"question": q.question, "answer": q.answer, "pred": p, "blank_pred": b, "label": q.extra.get("label")}
-                      for q, p, b in zip(questions, predictions, blank)]
+    yield "n", scored["n"]
+    yield "majority", scored["majority"]
+    yield "records", [{**r, "blank_pred": b["pred"], "label": q.extra.get("label")}
+                      for q, r, b in zip(questions, scored["records"], blank["records"])]
     yield "seconds", time.perf_counter() - start

@@ -17,7 +17,7 @@ rewarded as positives.
 from __future__ import annotations
 
 import random
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 from .vqa import YES_NO, get_field, normalize, parse_yes_no
 
@@ -102,8 +102,3 @@ def pope_scores(preds: Sequence[Any], labels: Sequence[Any]) -> dict[str, float]
         "n": n, "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn),
         "unparsed": int(unparsed),
     }
-
-
-def evaluate_pope(preds: Sequence[Any], labels: Sequence[Any]) -> Iterator[tuple[str, float]]:
-    """big_vision-style evaluator: yields ``(name, value)`` from :func:`pope_scores`."""
-    yield from pope_scores(preds, labels).items()

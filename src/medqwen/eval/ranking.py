@@ -132,16 +132,26 @@ def candidate_logprobs(
     return scores
 
 
-def rank_answers(model, samples: Sequence, candidates: Sequence[Sequence[str]] | None = None, **kwargs) -> list[str]:
-    """The most likely candidate per sample (candidates default to ``sample.extra["candidates"]``).
-    Keyword arguments: ``scorer`` ("auto" | "first_token" | "sequence"), ``cache``, ``blank_images``,
-    ``batch_size``."""
+def candidate_scores(
+    model, samples: Sequence, candidates: Sequence[Sequence[str]] | None = None, *, scorer: str = "auto", **kwargs
+) -> tuple[list[list[str]], list[list[float]]]:
+    """(candidates, log-probability scores) per sample, by ``scorer`` ("auto" | "first_token" |
+    "sequence"). Candidates default to ``sample.extra["candidates"]``. Keyword arguments: ``cache``,
+    ``blank_images``, ``batch_size``."""
     if candidates is None:
         missing = [i for i, s in enumerate(samples) if not s.extra.get("candidates")]
         if missing:
             raise ValueError(f"samples {missing[:5]} have no extra['candidates'] and none were given")
         candidates = [s.extra["candidates"] for s in samples]
-    scorer = chosen_scorer(model, candidates, kwargs.pop("scorer", "auto"))
-    score = first_token_logprobs if scorer == "first_token" else candidate_logprobs
-    scores = score(model, samples, candidates, **kwargs)
+    score = first_token_logprobs if chosen_scorer(model, candidates, scorer) == "first_token" else candidate_logprobs
+    return list(candidates), score(model, samples, candidates, **kwargs)
+
+
+def most_likely(candidates: Sequence[Sequence[str]], scores: Sequence[Sequence[float]]) -> list[str]:
+    """Per sample, the first candidate with the highest score."""
     return [options[max(range(len(options)), key=row.__getitem__)] for options, row in zip(candidates, scores)]
+
+
+def rank_answers(model, samples: Sequence, candidates: Sequence[Sequence[str]] | None = None, **kwargs) -> list[str]:
+    """The most likely candidate per sample (arguments as :func:`candidate_scores`)."""
+    return most_likely(*candidate_scores(model, samples, candidates, **kwargs))

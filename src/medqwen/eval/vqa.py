@@ -19,7 +19,7 @@ from __future__ import annotations
 import string
 import unicodedata
 from collections import Counter, defaultdict
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 YES_NO = ("yes", "no")
 
@@ -195,8 +195,3 @@ def vqa_scores(records: Iterable[Any]) -> dict[str, float]:
         out[f"exact_match/by_qtype/{q}"] = _mean(slot["em"])
         out[f"n/by_qtype/{q}"] = len(slot["em"])
     return out
-
-
-def evaluate_vqa(records: Iterable[Any]) -> Iterator[tuple[str, float]]:
-    """big_vision-style evaluator: yields ``(name, value)`` from :func:`vqa_scores`."""
-    yield from vqa_scores(records).items()

@@ -28,6 +28,7 @@ __all__ = [
     "QwenVL",
     "VLMOutput",
     "VisionLanguageModel",
+    "check_model_name",
     "load_model",
     "load_qwen2_5_vl",
     "medqwen_mini",
@@ -45,6 +46,7 @@ def load_model(name_or_path: str, **kw: Any) -> VisionLanguageModel:
     Keyword arguments go to the factory (e.g. ``cache_dir``, ``system_prompt``, ``seed``,
     ``allow_download``); for a saved directory they override the saved factory arguments.
     """
+    check_model_name(name_or_path)
     if name_or_path in FACTORIES:
         return FACTORIES[name_or_path](**kw)
     path = Path(name_or_path)
@@ -54,4 +56,27 @@ def load_model(name_or_path: str, **kw: Any) -> VisionLanguageModel:
         model = load_model(base["name"], **{**base.get("kwargs", {}), **kw})
         model.load_pretrained(path)
         return model
-    return load_qwen2_5_vl(name_or_path, **kw)
+    try:
+        return load_qwen2_5_vl(name_or_path, **kw)
+    except OSError as err:  # transformers' "couldn't connect to the hub / not a model folder" and the like
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"model {name_or_path!r} could not be loaded as a Qwen2.5-VL checkpoint ({first}); "
+                         f"{_KNOWN}") from err
+
+
+_KNOWN = (f"a model is one of the names {sorted(FACTORIES)}, a folder written by medqwen train (its final/model), "
+          f"a Qwen2.5-VL checkpoint folder, or a hub id such as 'Qwen/Qwen2.5-VL-3B-Instruct' (downloaded only with "
+          f"model_kwargs: {{allow_download: true}})")
+
+
+def check_model_name(name_or_path: str) -> None:
+    """A known model name, an existing folder or an ``org/name`` hub id; anything else (a typo of a
+    name, a missing folder) is refused before a run starts, with the known names (not a hub error)."""
+    if name_or_path in FACTORIES or Path(name_or_path).exists():
+        return
+    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~")):
+        return  # a hub id: found in the local hub cache or downloaded when the model is built
+    from medqwen.errors import ConfigError, did_you_mean
+
+    raise ConfigError(f"unknown model {name_or_path!r}{did_you_mean(name_or_path, FACTORIES)}: not a known name and "
+                     f"no such folder; {_KNOWN}")

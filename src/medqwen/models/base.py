@@ -3,7 +3,9 @@
 Every model (MedQwen-mini, Qwen2.5-VL, their tiny test variants) is a :class:`VisionLanguageModel`:
 an ``nn.Module`` that turns (images, prompts[, answers]) into a batch with
 :meth:`~VisionLanguageModel.build_inputs`, computes an answer-only loss with ``forward(**batch)``
-and answers questions with :meth:`~VisionLanguageModel.generate`.
+and answers questions with :meth:`~VisionLanguageModel.generate`. Everything callers (trainer,
+evaluators, server) use is declared here: a model that cannot do something optional says so
+(``supports_image_features``) instead of callers probing for methods.
 
 Prompt format. A prompt may contain the marker ``<image>`` once per image of its sample; where a
 prompt has no marker, one ``<image>\\n`` per image is put in front of it. The user turn (prompt) and
@@ -26,39 +28,22 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-IGNORE_INDEX = -100
+from .outputs import IGNORE_INDEX, VLMOutput
+
 IMAGE_MARKER = "<image>"
 CONFIG_NAME = "medqwen_vlm.json"
 WEIGHTS_NAME = "trainable.safetensors"
 FORMAT_VERSION = 1
 
 ImagesArg = Sequence[Image.Image | Sequence[Image.Image] | None] | None
-
-
-@dataclass
-class VLMOutput:
-    """Result of ``forward``.
-
-    loss: mean cross-entropy over labelled tokens (scalar) or None without labels.
-    logits: (B, L, V), or None when labels were given and only labelled positions were projected.
-    answer_logits: (T, V) logits at the T labelled positions (the ones that predict a label), when
-        labels were given; ``answer_labels`` (T,) are their targets.
-    """
-
-    loss: Tensor | None = None
-    logits: Tensor | None = None
-    answer_logits: Tensor | None = None
-    answer_labels: Tensor | None = None
 
 
 NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # saved with their group
@@ -81,43 +66,6 @@ def normalize_images(images: ImagesArg, batch_size: int) -> list[list[Image.Imag
     return out
 
 
-def labelled_lm_loss(hidden: Tensor, labels: Tensor, lm_head: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
-    """Causal-LM loss with the LM head applied only where a label exists.
-
-    hidden: (B, L, H) final hidden states; labels: (B, L) with -100 for ignored positions.
-    Position t predicts labels[t + 1]. Returns (loss, logits (T, V), targets (T,)); the loss is the
-    mean over the T labelled tokens (0 with a gradient path when T == 0).
-    """
-    targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    h = hidden[:, :-1][keep]  # (T, H)
-    logits = lm_head(h)
-    tgt = targets[keep]
-    if tgt.numel() == 0:
-        return logits.sum() * 0.0, logits, tgt
-    return F.cross_entropy(logits.float(), tgt), logits, tgt
-
-
-def lm_output(hidden: Tensor, labels: Tensor | None, lm_head: nn.Module, full_logits: bool, logits_to_keep: int = 0) -> VLMOutput:
-    """Final hidden states (B, L, H) -> VLMOutput: answer-only loss when labels are given (LM head
-    applied at labelled positions only), full logits (B, L, V) without labels or with full_logits.
-    ``logits_to_keep=n`` (without labels) projects only the last n positions: (B, n, V)."""
-    result = VLMOutput()
-    if labels is not None:
-        result.loss, result.answer_logits, result.answer_labels = labelled_lm_loss(hidden, labels, lm_head)
-    if full_logits or (labels is None and not logits_to_keep):
-        result.logits = lm_head(hidden)
-    elif labels is None:
-        result.logits = lm_head(hidden[:, -logits_to_keep:])
-    return result
-
-
-def positions_from_mask(attention_mask: Tensor) -> Tensor:
-    """(B, L) 0/1 mask -> (B, L) position ids counting real tokens only (pads get 0)."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.clamp(min=0)
-
-
 class VisionLanguageModel(nn.Module, ABC):
     """Interface + shared chat formatting, tokenisation, padding, trainable groups and saving.
 
@@ -133,23 +81,42 @@ class VisionLanguageModel(nn.Module, ABC):
     base_config: dict[str, Any]
     chat_template: str | None = None
 
+    # A model whose frozen image encoder output can be computed once and reused (FeatureCache): it
+    # implements encode_images, and build_inputs / generate accept image_features=.
+    supports_image_features: bool = False
+
     # ---------------------------------------------------------------- abstract parts
     @abstractmethod
     def _prepare_images(
-        self, per_sample: list[list[Image.Image]], **kwargs: Any
+        self, per_sample: list[list[Image.Image]], image_features: Any = None
     ) -> tuple[dict[str, Tensor], list[list[int]]]:
-        """Images -> (tensors for ``forward``, number of image tokens per image per sample)."""
+        """Images (or, with ``supports_image_features``, their ``encode_images`` features instead) ->
+        (tensors for ``forward``, number of image tokens per image per sample)."""
 
     @abstractmethod
     def _image_span(self, n_tokens: int) -> list[int]:
         """Token ids that replace one ``<image>`` marker whose image has ``n_tokens`` tokens."""
 
     @abstractmethod
-    def forward(self, **inputs: Any) -> VLMOutput: ...
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        labels: Tensor | None = None,
+        *,
+        blank_images: bool = False,
+        full_logits: bool = False,
+        logits_to_keep: int = 0,
+        **image_inputs: Tensor,
+    ) -> VLMOutput:
+        """``forward(**build_inputs(...))``: answer-only loss with labels (see :class:`VLMOutput`).
+        ``blank_images`` zeroes the image features (same sequence, no visual information);
+        ``full_logits`` also returns (B, L, V) logits with labels; ``logits_to_keep=n`` without labels
+        projects only the last n positions."""
 
     @abstractmethod
-    def generate(self, images: ImagesArg, prompts: list[str], max_new_tokens: int = 16, **kw: Any) -> list[str]:
-        """Greedy decoding; returns the decoded answers, special tokens removed, stripped."""
+    def _generate(self, batch: dict[str, Tensor], config: Any, blank_images: bool) -> Tensor:
+        """Greedy new tokens (B, T) for a left-padded ``build_inputs`` batch on the model's device."""
 
     @property
     @abstractmethod
@@ -168,7 +135,23 @@ class VisionLanguageModel(nn.Module, ABC):
     def _group_modules(self) -> dict[str, list[nn.Module]]:
         """Group name -> modules whose parameters form the group (groups must not overlap)."""
 
+    # ---------------------------------------------------------------- optional parts
+    def encode_images(self, images: Sequence[Image.Image]) -> Tensor:
+        """Frozen image features for N images, (N, T, C) float32 on CPU, to pass back as
+        ``image_features=`` (only with ``supports_image_features``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its image features (supports_image_features is False)")
+
     # ---------------------------------------------------------------- shared helpers
+    @property
+    def context_length(self) -> int | None:
+        """Most tokens the language model reads (prompt, image tokens and answer), from its config."""
+        config = getattr(self.language_model, "config", None)
+        for c in (config, getattr(config, "text_config", None)):
+            n = getattr(c, "max_position_embeddings", None)
+            if isinstance(n, int):
+                return n
+        return None
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -286,17 +269,21 @@ class VisionLanguageModel(nn.Module, ABC):
         answers: list[str] | None = None,
         *,
         padding_side: str | None = None,
-        **image_kwargs: Any,
+        image_features: Any = None,
     ) -> dict[str, Tensor]:
         """(images, prompts[, answers]) -> batch for ``forward(**batch)``.
 
         Returns input_ids (B, L), attention_mask (B, L), labels (B, L) when answers are given, and
         the model's image tensors (see the subclass). Tensors are on CPU; move them with ``.to``.
+        ``image_features`` (instead of ``images``; ``supports_image_features`` models only): what
+        :meth:`encode_images` returned, one (n_i, T, C) tensor or None per prompt.
         """
         if answers is not None and len(answers) != len(prompts):
             raise ValueError(f"{len(answers)} answers for {len(prompts)} prompts")
+        if image_features is not None and not self.supports_image_features:
+            raise ValueError(f"{type(self).__name__} takes images, not image_features (supports_image_features is False)")
         per_sample = normalize_images(images, len(prompts))
-        image_inputs, counts = self._prepare_images(per_sample, **image_kwargs)
+        image_inputs, counts = self._prepare_images(per_sample, image_features)
         all_ids, all_labels = [], []
         for i, prompt in enumerate(prompts):
             ids, lab = self.tokenize_sample(prompt, None if answers is None else answers[i], counts[i])
@@ -306,6 +293,30 @@ class VisionLanguageModel(nn.Module, ABC):
         batch = self.pad_batch(all_ids, all_labels if answers is not None else None, side)
         batch.update(image_inputs)
         return batch
+
+    def generation_config(self, max_new_tokens: int):
+        """Greedy decoding that stops at the end of the assistant turn."""
+        from transformers import GenerationConfig
+
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eot_token_id, pad_token_id=self.pad_token_id
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: ImagesArg,
+        prompts: list[str],
+        max_new_tokens: int = 16,
+        *,
+        image_features: Any = None,
+        blank_images: bool = False,
+    ) -> list[str]:
+        """Greedy answers, one per prompt (special tokens removed, stripped). ``image_features`` as in
+        :meth:`build_inputs`; ``blank_images`` zeroes the image features (question-prior control)."""
+        batch = self.build_inputs(images, prompts, padding_side="left", image_features=image_features)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        return self.decode(self._generate(batch, self.generation_config(max_new_tokens), blank_images))
 
     def decode(self, token_ids: Tensor) -> list[str]:
         """(B, T) generated ids -> stripped strings (special tokens and anything after EOT removed)."""
@@ -321,7 +332,9 @@ class VisionLanguageModel(nn.Module, ABC):
         """Parameters of the named groups by their name in the model *without* adapters: an adapter
         layer that wraps a module as ``.base`` (SSLoRA) does not change the saved names, so a
         language model trained before an adapter was attached saves and loads the same way."""
-        wrapped = [f"{name}.base." for name, m in self.named_modules() if name and hasattr(m, "unwrap") and hasattr(m, "base")]
+        from sslora import SSLoRALayer
+
+        wrapped = [f"{name}.base." for name, m in self.named_modules() if name and isinstance(m, SSLoRALayer)]
         by_id = {}
         for n, p in self.named_parameters(remove_duplicate=True):
             for prefix in wrapped:

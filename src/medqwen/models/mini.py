@@ -33,7 +33,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from .base import ImagesArg, VisionLanguageModel, VLMOutput, lm_output, positions_from_mask
+from .base import VisionLanguageModel
+from .outputs import VLMOutput, lm_output, positions_from_mask
 from .tiny import TinyConvEncoder, build_tokenizer, seeded
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -71,6 +72,8 @@ class MedQwenMini(VisionLanguageModel):
     when answers are given, and either pixel_values (N, 3, S, S) or image_features (N, T, C) for
     the N images of the batch in order (absent for a text-only batch).
     """
+
+    supports_image_features = True
 
     def __init__(
         self,
@@ -251,34 +254,12 @@ class MedQwenMini(VisionLanguageModel):
         )
         return lm_output(out.last_hidden_state, labels, self.lm.lm_head, full_logits, logits_to_keep)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        images: ImagesArg,
-        prompts: list[str],
-        max_new_tokens: int = 16,
-        *,
-        image_features: FeaturesArg = None,
-        blank_images: bool = False,
-    ) -> list[str]:
-        """Greedy decoding with the KV cache (left-padded batch, one answer string per prompt)."""
-        from transformers import GenerationConfig
-
-        batch = self.build_inputs(images, prompts, image_features=image_features, padding_side="left")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+    def _generate(self, batch: dict[str, Tensor], config: Any, blank_images: bool) -> Tensor:
+        """The LM decodes from the spliced embeddings with its KV cache (only new tokens come back)."""
         embeds = self.embed_inputs(
             batch["input_ids"], batch.get("pixel_values"), batch.get("image_features"), blank_images
         )
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=self.eot_token_id,
-            pad_token_id=self.pad_token_id,
-        )
-        new_tokens = self.lm.generate(
-            inputs_embeds=embeds, attention_mask=batch["attention_mask"], generation_config=config
-        )
-        return self.decode(new_tokens)
+        return self.lm.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"], generation_config=config)
 
 
 def medqwen_mini(

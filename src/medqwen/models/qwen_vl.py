@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from .base import ImagesArg, VisionLanguageModel, VLMOutput, lm_output
+from .base import ImagesArg, VisionLanguageModel
+from .outputs import VLMOutput, lm_output
 from .tiny import build_tokenizer, seeded
 
 QWEN_SPECIAL_TOKENS = [
@@ -147,7 +148,9 @@ class QwenVL(VisionLanguageModel):
     def _image_span(self, n_tokens: int) -> list[int]:
         return [self.vision_start_id] + [self.image_token_id] * n_tokens + [self.vision_end_id]
 
-    def _prepare_images(self, per_sample: list[list[Image.Image]]) -> tuple[dict[str, Tensor], list[list[int]]]:
+    def _prepare_images(
+        self, per_sample: list[list[Image.Image]], image_features: None = None
+    ) -> tuple[dict[str, Tensor], list[list[int]]]:
         flat = [im.convert("RGB") for sample in per_sample for im in sample]
         if not flat:
             return {}, [[] for _ in per_sample]
@@ -170,8 +173,9 @@ class QwenVL(VisionLanguageModel):
         answers: list[str] | None = None,
         *,
         padding_side: str | None = None,
+        image_features: None = None,
     ) -> dict[str, Tensor]:
-        batch = super().build_inputs(images, prompts, answers, padding_side=padding_side)
+        batch = super().build_inputs(images, prompts, answers, padding_side=padding_side, image_features=image_features)
         batch["mm_token_type_ids"] = (batch["input_ids"] == self.image_token_id).long()
         return batch
 
@@ -216,32 +220,15 @@ class QwenVL(VisionLanguageModel):
         )
         return lm_output(out.last_hidden_state, labels, self.hf.lm_head, full_logits, logits_to_keep)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        images: ImagesArg,
-        prompts: list[str],
-        max_new_tokens: int = 16,
-        *,
-        blank_images: bool = False,
-    ) -> list[str]:
-        """Greedy decoding through ``Qwen2_5_VLForConditionalGeneration.generate`` (left padding)."""
-        from transformers import GenerationConfig
-
-        batch = self.build_inputs(images, prompts, padding_side="left")
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+    def _generate(self, batch: dict[str, Tensor], config: Any, blank_images: bool) -> Tensor:
+        """Through ``Qwen2_5_VLForConditionalGeneration.generate``, image embeddings computed here so
+        that ``blank_images`` can zero them."""
         pixel_values = batch.pop("pixel_values", None)
         if pixel_values is not None:
             batch["mm_encoder_outputs"] = self._image_outputs(pixel_values, batch["image_grid_thw"], blank_images)
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=self.eot_token_id,
-            pad_token_id=self.pad_token_id,
-        )
         self.hf.model.rope_deltas = None  # never reuse M-RoPE deltas from an earlier batch
         out = self.hf.generate(**batch, generation_config=config)
-        return self.decode(out[:, batch["input_ids"].shape[1] :])
+        return out[:, batch["input_ids"].shape[1] :]
 
 
 def load_qwen2_5_vl(

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medqwen.data.schema import ImageLoadError, open_image
+from medqwen.data.schema import MAX_IMAGE_PIXELS, ImageLoadError, open_image
 from medqwen.models.base import IGNORE_INDEX, IMAGE_MARKER
 
 log = logging.getLogger(__name__)
 
-MAX_PIXELS = 50_000_000
+MAX_PIXELS = MAX_IMAGE_PIXELS  # the limit of every image path (training, predict, serve)
 MAX_QUESTION_CHARS = 1000
 
 

@@ -80,6 +80,15 @@ class FeatureCache:
         except OSError:  # a read-only or full disk only costs speed
             pass
 
+    def has_stored(self, sample: Sample) -> bool:
+        """Features of this sample's image (these file versions) are in memory or on disk: its files
+        decoded before, so the check before training need not decode them again."""
+        key = image_key(sample)
+        if key is None or key in self.features:
+            return key is not None
+        path = self._disk_path(sample)
+        return path is not None and path.is_file()
+
     def get(self, samples: Sequence[Sample]) -> list[torch.Tensor | None]:
         todo = {}
         for sample in samples:
@@ -111,8 +120,8 @@ def sample_images(sample: Sample) -> list:
 
 
 def supports_feature_cache(model) -> bool:
-    vision = getattr(model, "vision_tower", None)
-    return hasattr(model, "encode_images") and vision is not None and not any(p.requires_grad for p in vision.parameters())
+    """Cached image features are valid now: the model takes them, and its vision tower is frozen."""
+    return model.supports_image_features and not any(p.requires_grad for p in model.vision_tower.parameters())
 
 
 def make_batch(model, samples: Sequence[Sample], *, with_answers: bool, cache: FeatureCache | None) -> dict[str, Any]:

@@ -26,13 +26,14 @@ from typing import Any, Optional
 
 import yaml
 
+from medqwen.errors import ConfigError, did_you_mean, unknown_keys
+from medqwen.eval.evaluators import registered_tasks
+
 MODEL_GROUPS = ("projector", "vision", "language")
 ADAPTER_KINDS = ("sslora", "lora")
-EVAL_TASKS = ("vqa", "caption", "pope", "rank")
-
-
-class ConfigError(ValueError):
-    """A YAML config that does not describe a valid stage / experiment; names the file and field."""
+# PEFT / paper names of SSLoRAConfig fields, for did-you-mean hints
+ADAPTER_KEY_ALIASES = {"rank": "r", "lora_r": "r", "n_experts": "num_experts", "experts": "num_experts", "k": "top_k",
+                       "lora_dropout": "dropout", "lora_alpha": "scaling", "alpha": "scaling", "target": "target_modules"}
 
 
 def _number(obj, name: str, *, low: float | None = None, high: float | None = None, low_open: bool = True,
@@ -73,8 +74,11 @@ class DataSpec:
     limit: Optional[int] = None  # keep the first N samples (after a seeded shuffle)
     weight: Optional[float] = None  # mixture proportion when several datasets are mixed
     options: dict[str, Any] = field(default_factory=dict)  # passed to the reader
-    task: str = "vqa"  # evaluation sets: vqa | caption | pope | rank (closed questions, candidates ranked by likelihood)
+    task: str = "vqa"  # evaluation sets: a registered evaluator (medqwen.eval): vqa | caption | pope | rank
     name: Optional[str] = None  # evaluation sets: output file name (default: format_split[_task]); unique per experiment
+    # bad rows and bad images (unreadable, truncated, too large) are skipped and counted instead of
+    # stopping the run before it starts (the error lists them)
+    skip_invalid: bool = False
 
     def __post_init__(self):
         if not isinstance(self.format, str) or not self.format:
@@ -83,8 +87,19 @@ class DataSpec:
         _number(self, "weight", low=0.0, low_open=False, optional=True)
         if not isinstance(self.options, dict):
             raise ConfigError(f"field 'options' = {self.options!r} must be a mapping of reader options")
-        if self.task not in EVAL_TASKS:
-            raise ConfigError(f"field 'task' = {self.task!r}; allowed: {list(EVAL_TASKS)}")
+        if self.task not in registered_tasks():
+            raise ConfigError(f"field 'task' = {self.task!r}{did_you_mean(self.task, registered_tasks())}; "
+                              f"allowed: {registered_tasks()}")
+        if self.name is not None and (not isinstance(self.name, str) or self.name in ("", ".", "..")
+                                      or "/" in self.name or "\\" in self.name):
+            raise ConfigError(f"field 'name' = {self.name!r} must be a file name (no '/')")
+        if not isinstance(self.skip_invalid, bool):
+            raise ConfigError(f"field 'skip_invalid' = {self.skip_invalid!r} must be true or false")
+
+    @property
+    def output_name(self) -> str:
+        """An evaluation set's results and predictions file stem: ``name``, else format_split[_task]."""
+        return self.name or f"{self.format}_{self.split}" + ("" if self.task == "vqa" else f"_{self.task}")
 
 
 @dataclass
@@ -105,8 +120,13 @@ class StageConfig:
     max_grad_norm: float = 1.0
     checkpoint_every: int = 50
     log_every: int = 1
+    # at the end of the stage, fold its adapter (plain LoRA: one expert per layer) into the language
+    # model's weights and drop it; later stages start from the merged model (and may attach a new adapter)
+    merge_adapter: bool = False
 
     def __post_init__(self):
+        if self.merge_adapter and self.adapter is None:
+            raise ConfigError(f"stage {self.name!r}: field 'merge_adapter' needs field 'adapter' in the same stage")
         if not isinstance(self.trainable, list) or not self.trainable:
             raise ConfigError("field 'trainable' is empty: name at least one group")
         for group in self.trainable:
@@ -159,10 +179,10 @@ class ExperimentConfig:
             raise ConfigError(f"field 'model_kwargs' = {self.model_kwargs!r} must be a mapping")
         names: dict[str, int] = {}
         for i, spec in enumerate(self.eval):
-            name = spec.name or f"{spec.format}_{spec.split}" + ("" if spec.task == "vqa" else f"_{spec.task}")
-            if name in names:
-                raise ConfigError(f"eval[{i}] and eval[{names[name]}] both write '{name}': give one a field 'name'")
-            names[name] = i
+            if spec.output_name in names:
+                raise ConfigError(f"eval[{i}] and eval[{names[spec.output_name]}] both write '{spec.output_name}': "
+                                  "give one a field 'name'")
+            names[spec.output_name] = i
 
 
 def _substitute(value: Any, variables: dict[str, str], where: str) -> Any:
@@ -187,7 +207,7 @@ def _build(cls, data: Any, where: str):
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(known)}")
+        raise ConfigError(f"{where}: {unknown_keys('field', unknown, known)}")
     missing = [n for n, f in known.items() if n not in data and f.default is MISSING and f.default_factory is MISSING]
     if missing:
         raise ConfigError(f"{where}: missing required field(s) {missing}")
@@ -211,9 +231,15 @@ def check_adapter_spec(spec: Any) -> None:
     kind = spec.get("kind", "sslora")
     if kind not in ADAPTER_KINDS:
         raise ConfigError(f"field 'adapter.kind' = {kind!r}; allowed: {list(ADAPTER_KINDS)}")
+    from sslora import SSLoRAConfig
+
+    allowed = {f.name for f in fields(SSLoRAConfig) if f.init and f.name != "library_version"} | {"kind"}
+    unknown = set(spec) - allowed
+    if unknown:
+        raise ConfigError(f"field 'adapter': {unknown_keys('key', unknown, allowed, ADAPTER_KEY_ALIASES)}")
     try:
         adapter_config(spec)
-    except TypeError as err:  # unknown keyword
+    except TypeError as err:  # a keyword SSLoRAConfig does not take after all
         raise ConfigError(f"field 'adapter': {err}".replace("SSLoRAConfig.__init__() got ", "")) from None
     except ValueError as err:
         raise ConfigError(f"field 'adapter': {err}") from None

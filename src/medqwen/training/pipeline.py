@@ -3,37 +3,48 @@
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 from typing import Any
 
-from medqwen.data import read_dataset
+from medqwen.data.images import decode_files
+from medqwen.eval.evaluators import EvalSettings, get_evaluator
 from medqwen.eval.report import write_results
+from medqwen.models import check_model_name
 
 from .config import DataSpec, ExperimentConfig
-from .evaluate import evaluate_caption_model, evaluate_pope_model, evaluate_ranked_model, evaluate_vqa_model
 from .batches import FeatureCache, supports_feature_cache
+from .preflight import SpecData, decode_check, mix, read_spec, skip_counts
 from .trainer import Trainer, make_accelerator
 
 
-def load_data(specs: list[DataSpec], seed: int = 0) -> list:
-    """Read every DataSpec (limit -> seeded subsample) and mix them (weights -> proportions)."""
-    from medqwen.data import mix_datasets
+def load_data(specs: list[DataSpec], seed: int = 0, *, where: str = "data") -> list:
+    """Read every DataSpec (limit -> seeded subsample), check its images (header, then a full decode;
+    bad ones are an error naming them, or skipped with ``skip_invalid``) and mix them (weights ->
+    proportions)."""
+    parts = [read_spec(spec, seed, f"{where}[{i}]") for i, spec in enumerate(specs)]
+    decode_check(parts)
+    return mix(parts, seed)
 
-    lists = []
-    for spec in specs:
-        samples = list(read_dataset(spec.format, spec.path, spec.split, **spec.options))
-        if spec.limit is not None and spec.limit < len(samples):
-            random.Random(seed).shuffle(samples)
-            samples = samples[: spec.limit]
-        lists.append(samples)
-    weights = [spec.weight for spec in specs] if any(spec.weight is not None for spec in specs) else None
-    if weights is not None:
-        weights = [1.0 if w is None else w for w in weights]
-    if len(lists) == 1 and weights is None:
-        return lists[0]
-    return mix_datasets(lists, weights=weights, seed=seed)
+
+def read_experiment_data(config: ExperimentConfig) -> tuple[dict[str, list[SpecData]], list[SpecData]]:
+    """Every stage's and evaluation set's data, read and header-checked: a bad option, file or image
+    anywhere is found before the model is built and before any stage trains."""
+    stages = {stage.name: [read_spec(spec, config.seed, f"stage {stage.name!r} data[{i}]") for i, spec in enumerate(stage.data)]
+              for stage in config.stages}
+    return stages, [read_spec(spec, config.seed, f"eval[{i}]") for i, spec in enumerate(config.eval)]
+
+
+def _image_decoder(trainer: Trainer, config: ExperimentConfig):
+    """The full-decode check: images whose features the trainer's cache already holds (memory or disk,
+    for this file version) decoded before and are not decoded again, when the vision tower stays
+    frozen for the whole run (otherwise cached features are not used, and every file is decoded)."""
+    cache = trainer.feature_cache
+    vision_trained = any("vision" in st.trainable or "vision" in str((st.adapter or {}).get("target_modules", ""))
+                         for st in config.stages)
+    if cache is None or vision_trained or not supports_feature_cache(trainer.vlm):
+        return decode_files
+    return lambda sample: None if cache.has_stored(sample) else decode_files(sample)
 
 
 def build_model(config: ExperimentConfig):
@@ -80,16 +91,25 @@ def run_experiment(
     A non-empty output folder needs `resume` (continue) or `overwrite` (start over)."""
     out = Path(config.output_dir)
     check_data_paths(config)  # a typo in stage 3 or in an eval set must not surface after stages 1-2 trained
+    if model is None:
+        check_model_name(config.model)
     accelerator = make_accelerator()  # under torchrun / accelerate launch: this process's rank
     prepare_output_dir(out, resume=resume, overwrite=overwrite, accelerator=accelerator)
+    with accelerator.main_process_first():  # a generated (synthetic) set is written by the main process only
+        stage_data, eval_data = read_experiment_data(config)
     if model is None:
         with accelerator.main_process_first():  # downloads and conversions into the model cache happen once
             model = build_model(config)
     trainer = Trainer(model, output_dir=out, seed=config.seed, accelerator=accelerator)
+    every_part = [p for parts in stage_data.values() for p in parts] + eval_data
+    with accelerator.main_process_first():
+        decode_check(every_part, _image_decoder(trainer, config))
     results: dict[str, Any] = {"stages": {}}
+    skipped = skip_counts(every_part)
+    if skipped:
+        results["skipped"] = skipped
     for stage in config.stages:
-        with accelerator.main_process_first():  # a generated (synthetic) set is written by the main process only
-            samples = load_data(stage.data, config.seed)
+        samples = mix(stage_data[stage.name], config.seed)
         if accelerator.is_main_process:
             log(f"stage {stage.name}: {len(samples)} samples, trainable {stage.trainable}"
                 + (f", {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""))
@@ -102,28 +122,44 @@ def run_experiment(
         trainable, total = trainer.adapter.trainable_parameters()
         results["adapter_parameters"] = {"trainable": trainable, "total": total}
     cache = trainer.feature_cache if supports_feature_cache(trainer.vlm) else None
-    results["eval"] = evaluate_sets(trainer.model, config.eval, config, out, blank_control=blank_control, cache=cache)
+    results["eval"] = evaluate_sets(trainer.model, config.eval, config, out, blank_control=blank_control, cache=cache,
+                                    data=[p.samples for p in eval_data])
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    if trainer.adapter is not None:
+        _write_final_card(final / "adapter", trainer.adapter, config, results)
     results["final_dir"] = str(final)
     return results
 
 
+def _write_final_card(directory: Path, adapter, config: ExperimentConfig, results: dict[str, Any]) -> None:
+    """The final adapter's model card: every stage's data and steps, and the evaluation results."""
+    from sslora.model_card import write_model_card
+
+    datasets = [d.name or d.format for stage in config.stages for d in stage.data]
+    training = {"datasets": list(dict.fromkeys(datasets)),
+                "steps": sum(int(r.get("steps", 0)) for r in results["stages"].values() if isinstance(r, dict)),
+                "stages": [{"name": st.name, "trainable": st.trainable, "learning_rate": st.lr} for st in config.stages],
+                "seed": config.seed}
+    evals = {name: {k: v for k, v in scores.items() if "/" not in k} for name, scores in results.get("eval", {}).items()}
+    adapter_params = sum(p.numel() for layer in adapter.sslora_layers().values() for p in layer.adapter_parameters())
+    write_model_card(directory, adapter.sslora_config.to_dict(), base_model=adapter.base_model,
+                     trainable_params=(adapter_params, results["adapter_parameters"]["total"]), training=training, results=evals)
+
+
 def evaluate_sets(
-    model, specs: list[DataSpec], config: ExperimentConfig, out: Path, *, blank_control: bool, cache: FeatureCache | None = None
+    model, specs: list[DataSpec], config: ExperimentConfig, out: Path, *, blank_control: bool, cache: FeatureCache | None = None,
+    data: list[list] | None = None,
 ) -> dict:
+    """Score every evaluation set with its task's evaluator (`data`: their samples, already read and
+    checked, else read here); results and predictions go to `out/eval/<set's output_name>.*`."""
+    settings = EvalSettings(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
+                            blank_control=blank_control, seed=config.seed, cache=cache)
     scores = {}
-    for spec in specs:
-        samples = load_data([spec], config.seed)
-        name = spec.name or f"{spec.format}_{spec.split}" + ("" if spec.task == "vqa" else f"_{spec.task}")
-        if spec.task == "caption":
-            metrics = dict(evaluate_caption_model(model, samples, batch_size=config.eval_batch_size, cache=cache))
-        elif spec.task == "rank":
-            metrics = dict(evaluate_ranked_model(model, samples, batch_size=2 * config.eval_batch_size, blank_control=blank_control, cache=cache))
-        elif spec.task == "pope":
-            metrics = dict(evaluate_pope_model(model, samples, seed=config.seed, batch_size=config.eval_batch_size, cache=cache))
-        else:
-            metrics = dict(evaluate_vqa_model(model, samples, batch_size=config.eval_batch_size,
-                                              max_new_tokens=config.max_new_tokens, blank_control=blank_control, cache=cache))
+    for i, spec in enumerate(specs):
+        evaluator = get_evaluator(spec.task)
+        samples = data[i] if data is not None else load_data([spec], config.seed, where=f"eval[{i}]")
+        name = spec.output_name
+        metrics = dict(evaluator(model, samples, settings))
         records = metrics.pop("records")
         (out / "eval").mkdir(parents=True, exist_ok=True)
         with open(out / "eval" / f"{name}_predictions.jsonl", "w", encoding="utf-8") as handle:

@@ -77,7 +77,7 @@ class Trainer:
         self.accelerator = accelerator or make_accelerator()
         check_distributed_type(self.accelerator)
         self.sslora_cache_dir = sslora_cache_dir
-        self.feature_cache = FeatureCache(model) if hasattr(model, "encode_images") else None
+        self.feature_cache = FeatureCache(model) if model.supports_image_features else None
         self.trained_groups: set[str] = set()
         self._epoch_order: tuple[tuple, list[int]] = ((), [])
 
@@ -199,9 +199,17 @@ class Trainer:
                 return {"stopped_at": step + 1, **last}
         logger.close()
         acc.wait_for_everyone()
+        if stage.merge_adapter:
+            self._merge_adapter()
         if acc.is_main_process:
             self.save(stage_dir / "final", extra={"stage": stage.name, "steps": total, **last, "stage_config": stage_fingerprint(stage)})
         return {"steps": total, **last}
+
+    def _merge_adapter(self) -> None:
+        """Fold the adapter into the language model (merge_and_unload) and save the language group from now on."""
+        self.adapter.merge_and_unload()
+        self.adapter = None
+        self.trained_groups.add("language")
 
     def _resume_from_checkpoint(self, stage: StageConfig, directory: Path, params, optimizer) -> int:
         """Load the newest intact checkpoint (falling back to older ones with a warning); the step to
@@ -289,11 +297,12 @@ class Trainer:
         bad = sorted(n for n, p in self.model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p.detach()).all()))
         if bad:
             raise ValueError(f"refusing to save {directory}: non-finite values in {bad[:5]}")
-        groups = sorted(self.trained_groups) or ["projector"]
+        groups = sorted(self.trained_groups | {"projector"})  # the projector is small: saved folders are self-contained
         self.vlm.save_pretrained(directory / "model", groups=groups)
         if self.adapter is not None:
-            self.adapter.save_pretrained(directory / "adapter")
-        (directory / "stage_done.json").write_text(json.dumps(extra or {}, indent=1))
+            self.adapter.save_pretrained(directory / "adapter", training=_card_training(extra or {}))
+        # has_adapter: `medqwen eval/predict` refuse a copy of this folder that lost its adapter/
+        (directory / "stage_done.json").write_text(json.dumps({**(extra or {}), "has_adapter": self.adapter is not None}, indent=1))
         return directory
 
     def _load_final(self, stage: StageConfig, directory: Path) -> dict[str, Any]:
@@ -305,6 +314,8 @@ class Trainer:
             raise ValueError(f"{directory}: stage {stage.name!r} finished with a different config (fields {changed} differ); "
                              f"resume with the config it was trained with, or start over with --overwrite")
         self._set_trainable(stage)
+        if stage.merge_adapter:  # the saved language weights hold the merged adapter
+            self._merge_adapter()
         self.vlm.load_pretrained(directory / "model")
         if self.adapter is not None:
             self.adapter.load_adapter_weights(directory / "adapter")
@@ -376,11 +387,25 @@ _PERSISTENT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 _RESUME_NEUTRAL = ("checkpoint_every", "log_every")
 
 
+def _card_training(extra: dict[str, Any]) -> dict[str, Any]:
+    """The training facts of a stage for the adapter's model card: stage, steps, datasets, lr."""
+    stage = extra.get("stage_config") or {}
+    datasets = [d.get("name") or d.get("format") for d in stage.get("data", []) if isinstance(d, dict)]
+    facts = {"stage": extra.get("stage"), "steps": extra.get("steps"), "datasets": list(dict.fromkeys(filter(None, datasets))),
+             "learning_rate": stage.get("lr"), "batch_size": stage.get("batch_size")}
+    return {k: v for k, v in facts.items() if v not in (None, [])}
+
+
 def stage_fingerprint(stage: StageConfig) -> dict[str, Any]:
     """What a stage computes, as JSON-able data: a resumed stage must match it."""
     from dataclasses import asdict
 
     data = json.loads(json.dumps(asdict(stage), default=str))
+    for spec in data.get("data", []):  # a field added later, at its default: older checkpoints stay resumable
+        if spec.get("skip_invalid") is False:
+            del spec["skip_invalid"]
+    if data.get("merge_adapter") is False:
+        del data["merge_adapter"]
     return {k: v for k, v in data.items() if k not in _RESUME_NEUTRAL}
 
 

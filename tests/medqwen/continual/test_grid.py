@@ -27,7 +27,7 @@ tasks:
 
 def test_plan_orders_headline_seeds_first():
     main = grid.plan("main", None, None)
-    assert main[:3] == [("lora", 0), ("moelora", 0), ("sslora", 0)] and len(main) == 3 * 3 + 3
+    assert main[:3] == [("lora", 0), ("sslora", 0), ("moelora", 0)] and len(main) == 3 * 3 + 3
     assert main[-3:] == [("pissa", 0), ("milora", 0), ("full_ft", 0)]
     ablations = grid.plan("ablations", None, None)
     assert len(ablations) == 12 and {m for m, _ in ablations} == set(grid.ablation_names())

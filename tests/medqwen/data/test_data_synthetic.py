@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-import time
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -93,10 +93,11 @@ def test_images_exist_inside_root(generated):
 def test_reuse_and_regeneration(tmp_path):
     make_synthetic_vqa(tmp_path, n_images=8, seed=0)
     pngs = sorted((tmp_path / "images").glob("*.png"))
-    mtimes = {f: f.stat().st_mtime_ns for f in pngs}
-    time.sleep(0.02)
+    past = 946_684_800 * 10**9  # 2000-01-01: any rewrite would stamp the files with the current time
+    for f in pngs:
+        os.utime(f, ns=(past, past))
     make_synthetic_vqa(tmp_path, n_images=8, seed=0)
-    assert {f: f.stat().st_mtime_ns for f in pngs} == mtimes
+    assert {f.stat().st_mtime_ns for f in pngs} == {past}
     first = pngs[0].read_bytes()
     make_synthetic_vqa(tmp_path, n_images=6, seed=1)
     assert len(list((tmp_path / "images").glob("*.png"))) == 6  # stale files removed

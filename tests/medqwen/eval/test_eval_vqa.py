@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import pytest
 
 from medqwen.eval import vqa
-from medqwen.eval.vqa import (closed_correct, evaluate_vqa, exact_match, normalize, open_recall,
+from medqwen.eval.vqa import (closed_correct, exact_match, normalize, open_recall,
                               parse_yes_no, vqa_scores)
 
 
@@ -132,12 +132,6 @@ def test_vqa_scores_empty_groups_are_nan_and_bad_type_raises():
     assert s["closed_acc"] == 1.0 and math.isnan(s["open_recall"]) and s["n_open"] == 0
     with pytest.raises(ValueError):
         vqa_scores([{"pred": "a", "answer": "a", "answer_type": "choice"}])
-
-
-def test_evaluate_vqa_yields_pairs():
-    pairs = list(evaluate_vqa(_records()))
-    assert all(isinstance(k, str) for k, _ in pairs)
-    assert dict(pairs) == vqa_scores(_records())
 
 
 def test_get_field_dict_and_attr():

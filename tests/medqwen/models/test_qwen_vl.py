@@ -109,5 +109,5 @@ def test_load_from_local_checkpoint_directory(model, tmp_path):
     batch = model.build_inputs(None, ["Hello"], ["hi"])
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).loss, loaded(**batch).loss)
-    with pytest.raises(OSError):
+    with pytest.raises(ValueError, match="no such folder"):
         load_model(str(tmp_path / "missing"))  # never reaches for the hub without allow_download

