@@ -174,7 +174,7 @@ class SSLoRAModel(nn.Module):
         tensors = self._adapter_tensors()
         atomic_save_safetensors(tensors, os.path.join(directory, WEIGHTS_NAME), metadata=weights_metadata(self.sslora_config))
         self.sslora_config.save(directory, extra={"library_version": __version__, "layers": layers})
-        adapter_params = sum(p.numel() for layer in self.sslora_layers().values() for p in layer.adapter_parameters())
+        adapter_params = self.adapter_parameter_count()
         write_model_card(directory, self.sslora_config.to_dict(), base_model=self.base_model,
                          trainable_params=(adapter_params, sum(p.numel() for p in self.parameters())),
                          training=training, results=results)
@@ -191,6 +191,10 @@ class SSLoRAModel(nn.Module):
         """(trainable, total) parameter counts (frozen residual factors are buffers, not counted)."""
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         return trainable, sum(p.numel() for p in self.parameters())
+
+    def adapter_parameter_count(self) -> int:
+        """Parameters of the adapter itself (experts; routers when N > 1), whatever else is trainable."""
+        return sum(p.numel() for layer in self.sslora_layers().values() for p in layer.adapter_parameters())
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.trainable_parameters()

@@ -141,9 +141,8 @@ def _write_final_card(directory: Path, adapter, config: ExperimentConfig, result
                 "stages": [{"name": st.name, "trainable": st.trainable, "learning_rate": st.lr} for st in config.stages],
                 "seed": config.seed}
     evals = {name: {k: v for k, v in scores.items() if "/" not in k} for name, scores in results.get("eval", {}).items()}
-    adapter_params = sum(p.numel() for layer in adapter.sslora_layers().values() for p in layer.adapter_parameters())
     write_model_card(directory, adapter.sslora_config.to_dict(), base_model=adapter.base_model,
-                     trainable_params=(adapter_params, results["adapter_parameters"]["total"]), training=training, results=evals)
+                     trainable_params=(adapter.adapter_parameter_count(), results["adapter_parameters"]["total"]), training=training, results=evals)
 
 
 def evaluate_sets(
