@@ -141,7 +141,9 @@ def diagnose(model_dir: str, data_root: str, n_images: int = 32) -> dict:
     feats = torch.cat(cache.get(val[: 2 * n_images : 2]))  # (n, T, C): one question per image
     with torch.no_grad():
         tokens = model.projector(feats)
-    unit = lambda x: torch.nn.functional.normalize(x, dim=-1)
+    def unit(x):
+        return torch.nn.functional.normalize(x, dim=-1)
+
     pooled_cos = (unit(feats.mean(1)) @ unit(feats.mean(1)).T).mean().item()
     token_cos = (unit(tokens.mean(1)) @ unit(tokens.mean(1)).T).mean().item()
     train = list(read_dataset("roco_grounding", f"{data_root}/rocov2_sample", "train", task="modality"))

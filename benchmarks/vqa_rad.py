@@ -89,8 +89,23 @@ def run_method(method: str, seed: int, data_root: str, work: Path, eval_limit: i
         "n_closed": scores["n_closed"], "n_open": scores["n_open"], "eval_seconds": scores["seconds"],
         "peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     })
+    result.update(closed_rank_scores(trainer.model, test, cache))
     result["grounding"] = probe_scores(trainer.model, data_root, cache=cache)
     return result
+
+
+def closed_rank_scores(model, test: list, cache) -> dict:
+    """The yes/no closed questions scored by likelihood ranking of "yes" / "no" (the continual
+    sequence's scorer), with the blank-image control: what the model prefers, free of phrasing."""
+    import dataclasses
+
+    from medqwen.eval import EvalSettings, evaluate_ranking
+
+    yes_no = [dataclasses.replace(s, extra={**s.extra, "candidates": ["no", "yes"]})
+              for s in test if s.answer_type == "closed" and s.answer in ("yes", "no")]
+    scores = dict(evaluate_ranking(model, yes_no, EvalSettings(batch_size=16, blank_control=True, cache=cache), scorer="sequence"))
+    return {"closed_rank_acc": scores["acc"], "blank_closed_rank_acc": scores["blank_image/acc"],
+            "n_closed_rank": scores["n"], "closed_rank_majority": scores["majority"]}
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -103,8 +118,11 @@ def summarize(runs: list[dict]) -> dict:
         entry = {"seeds": [r["seed"] for r in mine], "steps": mine[0]["steps"], "epochs": mine[0]["epochs"],
                  "trainable_params": mine[0]["trainable_params"],
                  "s_per_step": statistics.median(r["s_per_step"] for r in mine) if mine[0]["s_per_step"] else None}
-        for key in ("closed_acc", "open_recall", "blank_closed_acc", "blank_open_recall", "exact_match"):
-            values = [r[key] for r in mine]
+        for key in ("closed_acc", "open_recall", "blank_closed_acc", "blank_open_recall", "exact_match",
+                    "closed_rank_acc", "blank_closed_rank_acc"):
+            values = [r[key] for r in mine if key in r]  # the ranking keys: runs scored since they were added
+            if not values:
+                continue
             entry[key] = statistics.mean(values)
             entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         entry["runs"] = {f"seed{r['seed']}": {k: r[k] for k in ("closed_acc", "open_recall", "blank_closed_acc")} for r in mine}
@@ -137,15 +155,18 @@ def update_grounding(runs: list[dict]) -> None:
 
 
 def table(summary: dict) -> str:
-    lines = ["| method | closed acc | open recall | closed acc, blank image | trainable params | s/step | steps (epochs) | seeds |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| method | closed acc | open recall | closed acc, blank image | yes/no by ranking (blank image) "
+             "| trainable params | s/step | steps (epochs) | seeds |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in summary.items():
         if name.startswith("_"):
             continue
         sps = f"{r['s_per_step']:.2f}" if r.get("s_per_step") else "—"
+        rank = (f"{100 * r['closed_rank_acc']:.1f} ± {100 * r['closed_rank_acc_std']:.1f}% "
+                f"({100 * r['blank_closed_rank_acc']:.1f})" if "closed_rank_acc" in r else "—")
         lines.append(f"| {name} | {100 * r['closed_acc']:.1f} ± {100 * r['closed_acc_std']:.1f}% | {100 * r['open_recall']:.1f} ± "
                      f"{100 * r['open_recall_std']:.1f}% | {100 * r['blank_closed_acc']:.1f} ± {100 * r['blank_closed_acc_std']:.1f}% "
-                     f"| {r['trainable_params']:,} | {sps} | {r['steps']} ({r['epochs']:.2f}) | {len(r['seeds'])} |")
+                     f"| {rank} | {r['trainable_params']:,} | {sps} | {r['steps']} ({r['epochs']:.2f}) | {len(r['seeds'])} |")
     return "\n".join(lines)
 
 

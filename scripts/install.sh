@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install MedQwen + SSLoRA and the pretrained parts of MedQwen-mini from this repository's own files.
+# Install SSLoRA + MedQwen with every extra (medqwen, serve, dev: tests and the linter) and the pretrained
+# parts of MedQwen-mini, from this repository's own files.
 # CPU machines: torch is pinned to the 2.13.0 CPU build (an unpinned torch pulls a multi-GB CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")/.."

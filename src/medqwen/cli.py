@@ -1,4 +1,4 @@
-"""`medqwen train | eval | predict | demo | continual` — each command is the typed function below."""
+"""`medqwen train | eval | predict | serve | demo | continual` — each command is the typed function below."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
-from sslora._cli import run
-
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+from sslora.typed_cli import build_parser, run
 
 
 def load_trained(model_dir: str | Path):
@@ -22,7 +19,7 @@ def load_trained(model_dir: str | Path):
     return load(model_dir)
 
 
-def train(config: Path, data_root: Optional[Path] = None, output_dir: Optional[Path] = None, resume: bool = False,
+def train(config: Path, data_root: Path | None = None, output_dir: Path | None = None, resume: bool = False,
           overwrite: bool = False) -> dict:
     """Run an experiment YAML: every stage in order, then its evaluation sets.
 
@@ -46,8 +43,8 @@ def train(config: Path, data_root: Optional[Path] = None, output_dir: Optional[P
     return results
 
 
-def eval(model_dir: Path, data: str, path: Path, split: str = "test", limit: Optional[int] = None,
-         blank_control: bool = False, output: Optional[Path] = None, batch_size: int = 16) -> dict:
+def eval(model_dir: Path, data: str, path: Path, split: str = "test", limit: int | None = None,
+         blank_control: bool = False, output: Path | None = None, batch_size: int = 16) -> dict:
     """Evaluate a trained model on a VQA set; writes JSON + Markdown next to `output`.
 
     Args:
@@ -75,8 +72,8 @@ def eval(model_dir: Path, data: str, path: Path, split: str = "test", limit: Opt
     return metrics
 
 
-def predict(model_dir: Path, image: Optional[Path] = None, question: Optional[str] = None,
-            file: Optional[Path] = None, max_new_tokens: int = 24, batch_size: int = 8) -> list[str]:
+def predict(model_dir: Path, image: Path | None = None, question: str | None = None,
+            file: Path | None = None, max_new_tokens: int = 24, batch_size: int = 8) -> list[str]:
     """Answer a question about an image, or every line of a JSONL file {"image": ..., "question": ...}.
 
     Args:
@@ -94,7 +91,7 @@ def predict(model_dir: Path, image: Optional[Path] = None, question: Optional[st
 
 
 def serve(model_dir: Path, port: int = 7860, host: str = "127.0.0.1", max_new_tokens: int = 24,
-          max_pixels: int = 50_000_000, examples_dir: Optional[Path] = None) -> None:
+          max_pixels: int = 50_000_000, examples_dir: Path | None = None) -> None:
     """Web page (Gradio) to ask a trained model about an image: PNG, JPEG or DICOM upload, a question,
     the answer, the answer with the image blanked, and which experts each adapted layer chose.
 
@@ -117,7 +114,7 @@ def serve(model_dir: Path, port: int = 7860, host: str = "127.0.0.1", max_new_to
            examples_dir=examples_dir)
 
 
-def demo(data_root: Optional[Path] = None, output_dir: Path = Path("runs/demo"), resume: bool = False) -> dict:
+def demo(data_root: Path | None = None, output_dir: Path = Path("runs/demo"), resume: bool = False) -> dict:
     """The main job: MedQwen-mini through alignment, instruction tuning and SSLoRA fine-tuning,
     then evaluation (with a blank-image control), a saved adapter and one answered question.
 
@@ -127,16 +124,17 @@ def demo(data_root: Optional[Path] = None, output_dir: Path = Path("runs/demo"),
         output_dir: where checkpoints, the final model and results go.
         resume: continue an interrupted demo.
     """
+    from medqwen.configs import packaged_config  # package data: found in an installed package too
     from medqwen.data.synthetic import describe_synthetic
     from medqwen.training import load_experiment, run_experiment
 
     start = time.perf_counter()
     if data_root is None:
         print(describe_synthetic())
-        config = CONFIGS / "experiments" / "demo_synthetic.yaml"
+        config = packaged_config("experiments/demo_synthetic.yaml")
         variables = {"data_root": str(Path(output_dir) / "data")}
     else:
-        config = CONFIGS / "experiments" / "demo_vqa_rad.yaml"
+        config = packaged_config("experiments/demo_vqa_rad.yaml")
         variables = {"data_root": str(data_root)}
     experiment = load_experiment(config, variables)
     experiment.output_dir = str(output_dir)
@@ -151,9 +149,9 @@ def demo(data_root: Optional[Path] = None, output_dir: Path = Path("runs/demo"),
     return results
 
 
-def continual(config: Path, method: Optional[str] = None, seed: Optional[int] = None, data_root: Optional[Path] = None,
-              output_dir: Optional[Path] = None, start_from: Optional[Path] = None, var: Optional[list[str]] = None,
-              max_steps: Optional[int] = None, max_train: Optional[int] = None, max_eval: Optional[int] = None) -> dict:
+def continual(config: Path, method: str | None = None, seed: int | None = None, data_root: Path | None = None,
+              output_dir: Path | None = None, start_from: Path | None = None, var: list[str] | None = None,
+              max_steps: int | None = None, max_train: int | None = None, max_eval: int | None = None) -> dict:
     """Continual learning: train the tasks of a sequence YAML one after another with one model and one
     adapter; after each task score every task (matrix R), then forgetting, BWT, FWT, JSON/Markdown/PNG.
 
@@ -192,14 +190,21 @@ def _print_scores(scores: dict) -> None:
         print(f"{name}: " + ", ".join(f"{k}={v:.3f}" for k, v in shown.items()) + f" (n={metrics.get('n')})")
 
 
+COMMANDS = {"train": train, "eval": eval, "predict": predict, "serve": serve, "demo": demo, "continual": continual}
+
+
+def parser():
+    """The `medqwen` command line (a jsonargparse parser; see sslora.typed_cli)."""
+    return build_parser("medqwen", "MedQwen: medical VLMs with Sparse Spectral LoRA", COMMANDS,
+                        positional={"train": ["config"], "continual": ["config"]})
+
+
 def main(argv: list[str] | None = None) -> None:
     from medqwen.errors import TrainingDiverged
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        run("medqwen", "MedQwen: medical VLMs with Sparse Spectral LoRA",
-            {"train": train, "eval": eval, "predict": predict, "serve": serve, "demo": demo, "continual": continual}, argv,
-            positional={"train": ["config"], "continual": ["config"]})
+        run(parser(), COMMANDS, argv)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, TrainingDiverged) as err:
         print(f"medqwen: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

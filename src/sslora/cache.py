@@ -23,9 +23,12 @@ def default_cache_dir() -> Path:
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
-    """blake2b of a tensor's bytes, shape and dtype (any dtype, any device)."""
+    """sha256 of a tensor's bytes, shape and dtype (any dtype, any device).
+
+    sha256, not blake2b: CPUs with SHA instructions hash ~1.9 GB/s against blake2b's ~0.9 GB/s, and a
+    cached re-init of a 7B model hashes all 13 GB of its weights."""
     data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
-    h = hashlib.blake2b(digest_size=20)
+    h = hashlib.sha256()
     h.update(f"{tuple(tensor.shape)}|{tensor.dtype}|".encode())
     h.update(memoryview(data))
     return h.hexdigest()

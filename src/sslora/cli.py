@@ -6,14 +6,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
 
-from ._cli import run
 from .config import PRESETS, SSLoRAConfig
 from .inject import _features, find_targets
+from .typed_cli import build_parser, run
 
 
 def load_sslora_config(path: str | Path, **overrides) -> SSLoRAConfig:
@@ -77,7 +76,7 @@ def parameter_budget(model: nn.Module, config: SSLoRAConfig) -> dict[str, int]:
 
 def params(
     model_config: Path,
-    target_modules: Optional[list[str]] = None,
+    target_modules: list[str] | None = None,
     r: int = 32,
     num_experts: int = 8,
     top_k: int = 2,
@@ -115,7 +114,7 @@ def params(
     return budget
 
 
-def init(model: str, config: Path, out: Path, cache_dir: Optional[Path] = None) -> None:
+def init(model: str, config: Path, out: Path, cache_dir: Path | None = None) -> None:
     """Precompute the spectral init of a model once and save it as an adapter directory.
 
     Args:
@@ -148,9 +147,17 @@ def load_hf_model(model: str) -> nn.Module:
     return _hf_model_class(data, str(config_path)).from_pretrained(str(path), torch_dtype=torch.float32)
 
 
+COMMANDS = {"params": params, "init": init}
+
+
+def parser():
+    """The `sslora` command line (a jsonargparse parser; see sslora.typed_cli)."""
+    return build_parser("sslora", "Sparse Spectral LoRA tools", COMMANDS)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
-        run("sslora", "Sparse Spectral LoRA tools", {"params": params, "init": init}, argv)
+        run(parser(), COMMANDS, argv)
     except (ValueError, FileNotFoundError) as err:
         print(f"sslora: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

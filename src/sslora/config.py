@@ -36,7 +36,7 @@ PRESETS: dict[str, dict] = {
 
 @dataclass
 class SSLoRAConfig:
-    """Configuration of a Sparse Spectral LoRA adapter (see DESIGN.md §1 for the maths)."""
+    """Configuration of a Sparse Spectral LoRA adapter (see docs/design.md §1 for the maths)."""
 
     r: int = field(default=32, metadata={"help": "Total rank r, shared by the N experts (d = r / N each)."})
     num_experts: int = field(default=8, metadata={"help": "Number of experts N per adapted layer."})

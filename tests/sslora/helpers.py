@@ -34,30 +34,20 @@ def make_layer(m=40, n=48, *, dtype=torch.float32, conv=False, **config_kwargs):
 
 
 def tiny_qwen2_5_vl():
-    """A tiny random Qwen2.5-VL built from a config in code (no hub)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    """The Hugging Face model inside medqwen's tiny random Qwen2.5-VL (the one builder of it), for
+    SSLoRA tests that wrap a plain transformers model."""
+    from medqwen.models import tiny_qwen2_5_vl as build
 
-    config = Qwen2_5_VLConfig(
-        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
-        image_token_id=250, video_token_id=251, vision_start_token_id=252, vision_end_token_id=253,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
-        vision_config={
-            "depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64,
-            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 56,
-            "fullatt_block_indexes": [1], "in_chans": 3,
-        },
-    )
-    torch.manual_seed(0)
-    return Qwen2_5_VLForConditionalGeneration(config).eval()
+    return build(seed=0).hf
 
 
-def qwen_image_inputs(batch=2, text_len=6):
+def qwen_image_inputs(model, batch=2, text_len=6):
     """input_ids with one 28x28 image (2x2 patches -> 1 merged token) per sample, plus pixel_values."""
-    ids = torch.randint(3, 240, (batch, text_len))
-    ids[:, 1] = 252
-    ids[:, 2] = 250
-    ids[:, 3] = 253
+    config = model.config
+    ids = torch.randint(16, config.get_text_config().vocab_size, (batch, text_len))  # past the special tokens
+    ids[:, 1] = config.vision_start_token_id
+    ids[:, 2] = config.image_token_id
+    ids[:, 3] = config.vision_end_token_id
     pixel_values = torch.randn(batch * 4, 3 * 2 * 14 * 14)
     grid = torch.tensor([[1, 2, 2]] * batch)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixel_values, "image_grid_thw": grid}

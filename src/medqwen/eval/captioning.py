@@ -112,8 +112,8 @@ def _rouge_l_tokens(hyp: list[str], refs: list[list[str]], beta: float) -> float
     if not hyp:
         return 0.0
     lcs = [lcs_length(hyp, r) for r in refs]
-    p = max(l / len(hyp) for l in lcs)
-    r = max(l / len(ref) if ref else 0.0 for l, ref in zip(lcs, refs))
+    p = max(n / len(hyp) for n in lcs)
+    r = max(n / len(ref) if ref else 0.0 for n, ref in zip(lcs, refs))
     if p == 0 or r == 0:
         return 0.0
     return (1 + beta ** 2) * p * r / (r + beta ** 2 * p)

@@ -16,9 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .base import CONFIG_NAME, IGNORE_INDEX, IMAGE_MARKER, VisionLanguageModel, VLMOutput
+from .base import IGNORE_INDEX, IMAGE_MARKER, VisionLanguageModel, VLMOutput
 from .mini import MedQwenMini, medqwen_mini, preprocess_images, tiny_mini
 from .qwen_vl import QwenVL, load_qwen2_5_vl, tiny_qwen2_5_vl
+from .saving import CONFIG_NAME
 
 __all__ = [
     "CONFIG_NAME",

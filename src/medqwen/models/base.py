@@ -25,7 +25,6 @@ side gives the same result for the real tokens.
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -33,20 +32,14 @@ from typing import Any
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .outputs import IGNORE_INDEX, VLMOutput
+from .saving import load_groups, save_groups
 
 IMAGE_MARKER = "<image>"
-CONFIG_NAME = "medqwen_vlm.json"
-WEIGHTS_NAME = "trainable.safetensors"
-FORMAT_VERSION = 1
 
 ImagesArg = Sequence[Image.Image | Sequence[Image.Image] | None] | None
-
-
-NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # saved with their group
 
 
 def normalize_images(images: ImagesArg, batch_size: int) -> list[list[Image.Image]]:
@@ -327,42 +320,7 @@ class VisionLanguageModel(nn.Module, ABC):
             texts.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return texts
 
-    # ---------------------------------------------------------------- saving
-    def _named_group_params(self, groups: Sequence[str]) -> dict[str, nn.Parameter]:
-        """Parameters of the named groups by their name in the model *without* adapters: an adapter
-        layer that wraps a module as ``.base`` (SSLoRA) does not change the saved names, so a
-        language model trained before an adapter was attached saves and loads the same way."""
-        from sslora import SSLoRALayer
-
-        wrapped = [f"{name}.base." for name, m in self.named_modules() if name and isinstance(m, SSLoRALayer)]
-        by_id = {}
-        for n, p in self.named_parameters(remove_duplicate=True):
-            for prefix in wrapped:
-                if n.startswith(prefix):
-                    n = prefix[: -len("base.")] + n[len(prefix):]
-                    break
-            by_id[id(p)] = n
-        all_groups = self.trainable_groups()
-        out: dict[str, nn.Parameter] = {}
-        for g in groups:
-            if g not in all_groups:
-                raise KeyError(f"unknown group {g!r}; known: {sorted(all_groups)}")
-            for p in all_groups[g]:
-                out[by_id[id(p)]] = p
-        return out
-
-    def _group_buffers(self, groups: Sequence[str]) -> dict[str, Tensor]:
-        """Persistent buffers of the named groups' modules (e.g. BatchNorm running statistics)."""
-        modules = self._group_modules()
-        out = {}
-        for g in groups:
-            for module in modules.get(g, []):
-                prefix = next(n for n, m in self.named_modules() if m is module)
-                for name, buf in module.named_buffers():
-                    if name.rsplit(".", 1)[-1] in NORM_STATISTICS:  # not adapter buffers, not rotary caches
-                        out[f"{prefix}.{name}" if prefix else name] = buf.detach().to("cpu").contiguous().clone()
-        return out
-
+    # ---------------------------------------------------------------- saving (medqwen.models.saving)
     def extra_config(self) -> dict[str, Any]:
         """Subclass hook: architecture facts saved next to the weights (e.g. projector sizes)."""
         return {}
@@ -374,47 +332,8 @@ class VisionLanguageModel(nn.Module, ABC):
         and ``trainable.safetensors`` (parameters keyed by their name in this module). Adapters are
         saved by the PEFT library, not here.
         """
-        path = Path(save_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        params = self._named_group_params(groups)
-        tensors = {n: p.detach().to("cpu").contiguous().clone() for n, p in params.items()}
-        tensors.update(self._group_buffers(groups))
-        save_file(tensors, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
-        config = {
-            "format": "medqwen-vlm",
-            "format_version": FORMAT_VERSION,
-            "model_type": self.model_type,
-            "base": self.base_config,
-            "system_prompt": self.system_prompt,
-            "groups": list(groups),
-            "weights": WEIGHTS_NAME,
-            **self.extra_config(),
-        }
-        (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        return path
+        return save_groups(self, save_dir, groups)
 
     def load_pretrained(self, load_dir: str | Path, strict: bool = True) -> dict[str, Any]:
         """Load what :meth:`save_pretrained` wrote into this (same-architecture) model; returns the config."""
-        path = Path(load_dir)
-        config = json.loads((path / CONFIG_NAME).read_text())
-        if config.get("format") != "medqwen-vlm":
-            raise ValueError(f"{path / CONFIG_NAME} is not a medqwen-vlm config")
-        state = load_file(str(path / config.get("weights", WEIGHTS_NAME)))
-        expected = self._named_group_params(config["groups"])
-        buffers = dict(self.named_buffers())
-        missing = set(expected) - set(state)
-        unexpected = set(state) - set(expected) - set(buffers)
-        if strict and (missing or unexpected):
-            raise KeyError(f"weights do not match: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-        with torch.no_grad():
-            for name, tensor in state.items():
-                if name in buffers and name not in expected:
-                    buffers[name].copy_(tensor.to(buffers[name].dtype))
-                    continue
-                if name in expected:
-                    p = expected[name]
-                    if p.shape != tensor.shape:
-                        raise ValueError(f"{name}: saved shape {tuple(tensor.shape)} != {tuple(p.shape)}")
-                    p.copy_(tensor.to(p.dtype))
-        self.system_prompt = config.get("system_prompt")
-        return config
+        return load_groups(self, load_dir, strict)

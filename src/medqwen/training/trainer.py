@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import shutil
 import time
 import warnings
@@ -40,6 +39,8 @@ from sslora import SSLoRAModel, get_sslora_model
 from .batches import FeatureCache, make_batch, supports_feature_cache
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .config import StageConfig, adapter_config
+from .distributed import check_distributed_type, make_accelerator
+from .metrics_log import MetricsLogger
 
 
 def lr_at(step: int, total: int, stage: StageConfig) -> float:
@@ -128,7 +129,7 @@ class Trainer:
         if resume:
             start = self._resume_from_checkpoint(stage, stage_dir / "checkpoints", params, optimizer)
         cache = self.feature_cache if self.feature_cache is not None and supports_feature_cache(self.vlm) else None
-        logger = _MetricsLogger(stage_dir, enabled=acc.is_main_process, resume_step=start)
+        logger = MetricsLogger(stage_dir, enabled=acc.is_main_process, resume_step=start)
         bad_in_a_row = 0
         model.train()
         progress = tqdm(range(start, total), desc=stage.name, initial=start, total=total, disable=not acc.is_main_process)
@@ -332,55 +333,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def launched_world_size() -> int:
-    """Processes of this run as set by the launcher (torchrun, `accelerate launch`, mpirun); 1 if none."""
-    for key in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
-        if os.environ.get(key, "").isdigit():
-            return int(os.environ[key])
-    return 1
-
-
-def make_accelerator(**kwargs: Any):
-    """The trainer's `accelerate.Accelerator`.
-
-    On a machine without GPUs, accelerate forms a (gloo) process group only when told to use the CPU:
-    `Accelerator()` under torchrun (or `accelerate launch --multi_gpu`, which runs torchrun) sees
-    LOCAL_RANK but no CUDA device and falls back to DistributedType.NO, so every rank ran as rank 0 of
-    1 on all the data. With several launched processes and no CUDA we therefore pass `cpu=True`
-    (DistributedType.MULTI_CPU, backend gloo)."""
-    from accelerate import Accelerator
-
-    check_distributed_type()  # before accelerate's own error (its FSDP plugin raises RuntimeError on CPUs)
-    cpu = kwargs.pop("cpu", None)
-    if cpu is None:
-        cpu = launched_world_size() > 1 and not torch.cuda.is_available()
-    return Accelerator(mixed_precision=kwargs.pop("mixed_precision", _mixed_precision()), cpu=cpu, **kwargs)
-
-
-_SHARDED_TYPES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DEEPSPEED", "ACCELERATE_USE_MEGATRON_LM": "MEGATRON_LM"}
-
-
-def check_distributed_type(accelerator=None) -> None:
-    """One process or DDP (MULTI_GPU / MULTI_CPU ...); FSDP and DeepSpeed are refused before training
-    (from `accelerator.distributed_type`, or without one from the variables `accelerate launch` sets)."""
-    if accelerator is not None:
-        kind = getattr(accelerator.distributed_type, "value", str(accelerator.distributed_type))
-    else:
-        kind = next((k for env, k in _SHARDED_TYPES.items() if os.environ.get(env, "").lower() in ("true", "1")), "")
-    if kind in _SHARDED_TYPES.values():
-        raise ValueError(
-            f"accelerate distributed type {kind} is not supported by the medqwen trainer: it writes checkpoints and "
-            f"final weights from the main process's own parameters and optimizer state, which FSDP and DeepSpeed ZeRO-3 "
-            f"shard (and ZeRO-1/2 the optimizer state), so they would be saved incomplete. Use data parallelism: "
-            f"torchrun, or accelerate launch with configs/accelerate/ddp.yaml (GPUs) or cpu_2proc.yaml (CPUs) (README, 'Distributed training')")
-
-
-def _mixed_precision() -> str:
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"  # bf16 is emulated (~90x slower) on CPUs without bf16 units: train in fp32
-
-
 MAX_NONFINITE_STEPS = 3
 _PERSISTENT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 # fields whose change does not change what a stage computes (resume may differ in them)
@@ -407,53 +359,3 @@ def stage_fingerprint(stage: StageConfig) -> dict[str, Any]:
     if data.get("merge_adapter") is False:
         del data["merge_adapter"]
     return {k: v for k, v in data.items() if k not in _RESUME_NEUTRAL}
-
-
-class _MetricsLogger:
-    """metrics.jsonl (one JSON object per logged step) + TensorBoard scalars. On resume from step S,
-    rows past S (logged after the checkpoint the run continues from) are dropped first."""
-
-    def __init__(self, directory: Path, enabled: bool, resume_step: int = 0):
-        self.enabled = enabled
-        self.writer = None
-        if not enabled:
-            return
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "metrics.jsonl"
-        if path.is_file():
-            rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            kept = [line for line in rows if _step_of(line) <= resume_step]
-            if len(kept) != len(rows):
-                tmp = path.with_suffix(".jsonl.tmp")
-                tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-                os.replace(tmp, path)
-        self.handle = open(path, "a", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(directory / "tensorboard"))
-        except ImportError:  # tensorboard is a dependency, but logging must never stop training
-            self.writer = None
-
-    def log(self, metrics: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.handle.write(json.dumps(metrics) + "\n")
-        self.handle.flush()
-        if self.writer is not None:
-            for key, value in metrics.items():
-                if key != "step":
-                    self.writer.add_scalar(f"train/{key}", value, metrics["step"])
-
-    def close(self) -> None:
-        if self.enabled:
-            self.handle.close()
-            if self.writer is not None:
-                self.writer.close()
-
-
-def _step_of(line: str) -> float:
-    try:
-        return float(json.loads(line).get("step", math.inf))
-    except (ValueError, AttributeError):
-        return math.inf  # a torn last line is dropped

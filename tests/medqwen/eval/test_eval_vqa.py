@@ -135,8 +135,8 @@ def test_vqa_scores_empty_groups_are_nan_and_bad_type_raises():
 
 
 def test_get_field_dict_and_attr():
-    class O:
+    class Record:
         question = "q"
     assert vqa.get_field({"question": "q"}, "question") == "q"
-    assert vqa.get_field(O(), "question") == "q"
-    assert vqa.get_field(O(), "missing", 3) == 3
+    assert vqa.get_field(Record(), "question") == "q"
+    assert vqa.get_field(Record(), "missing", 3) == 3

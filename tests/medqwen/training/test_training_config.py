@@ -3,17 +3,53 @@ from pathlib import Path
 
 import pytest
 
+import medqwen
+from medqwen.configs import PACKAGED, packaged_config
 from medqwen.training import ConfigError, load_experiment, load_stage
 from medqwen.training.config import load_yaml
 
 REPO = Path(__file__).resolve().parents[3]
 ACCELERATE = REPO / "configs" / "accelerate"  # `accelerate launch --config_file` files, not experiments
-SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml") if ACCELERATE not in p.parents)
+# the repository's configs/ and the ones inside the package (medqwen demo's)
+SHIPPED = sorted(p for d in (REPO / "configs", PACKAGED) for p in d.rglob("*.yaml") if ACCELERATE not in p.parents)
 ACCELERATE_CONFIGS = sorted(ACCELERATE.glob("*.yaml"))
 
 
 def test_configs_are_shipped():
     assert len(SHIPPED) >= 6
+    assert any(PACKAGED in p.parents for p in SHIPPED) and any(REPO / "configs" in p.parents for p in SHIPPED)
+
+
+@pytest.mark.parametrize("name", ["experiments/demo_synthetic.yaml", "experiments/demo_vqa_rad.yaml"])
+def test_the_demo_configs_are_package_data(name):
+    path = packaged_config(name)  # what `medqwen demo` reads: inside the package, not the source checkout
+    assert Path(medqwen.__file__).resolve().parent in path.parents
+    assert load_experiment(path, {"data_root": "/data"}).stages
+
+
+def test_medqwen_demo_reads_the_packaged_configs(monkeypatch, tmp_path):
+    import medqwen.training
+    from medqwen import cli
+
+    class Stop(Exception):
+        pass
+
+    read = []
+
+    def load_experiment_stub(path, variables):
+        read.append(Path(path))
+        raise Stop  # the lookup is what is tested, not a training run
+
+    monkeypatch.setattr(medqwen.training, "load_experiment", load_experiment_stub)
+    for data_root in (None, tmp_path):
+        with pytest.raises(Stop):
+            cli.demo(data_root=data_root, output_dir=tmp_path / "demo")
+    assert read == [packaged_config("experiments/demo_synthetic.yaml"), packaged_config("experiments/demo_vqa_rad.yaml")]
+
+
+def test_an_unknown_packaged_config_is_named():
+    with pytest.raises(FileNotFoundError, match="demo_synthetic.yaml"):
+        packaged_config("experiments/demo.yaml")
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
