@@ -327,16 +327,10 @@ def measure_memory(model_name: str, keys: list[str], args) -> dict:
 
 # ---------------------------------------------------------------------------------------- report
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from init_speed import cpu_name  # the sibling benchmark script (this folder is on sys.path when run)
+
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
