@@ -17,7 +17,7 @@ from torch import nn
 
 from .context import RoutingContext, in_backward
 from .merge import checksum, fold, unfolded
-from .router import TopKRouter, load_balancing_loss, router_balance_loss
+from .router import TopKRouter, _autocast_on, load_balancing_loss, router_balance_loss
 
 __all__ = ["LowRankResidual", "RoutingContext", "SpectralExperts", "SSLoRALayer", "reference_forward"]
 
@@ -74,7 +74,10 @@ class SSLoRALayer(nn.Module):
     `RoutingContext.collect_aux_losses`) and the routing statistics (`record_stats`, off by
     default) depend on the mode. No weight is concatenated or copied per call, so there is nothing
     to cache or invalidate: eval outputs follow every change of the adapter tensors (optimizer
-    steps, loading, `.data` writes) and do not depend on whether autograd is on.
+    steps, loading, `.data` writes) and do not depend on whether autograd is on. (A cache of the
+    fused [A; res_A; W_z] and [s B, -res_B] was measured at 1 and 16 tokens, 576-1536 wide: no
+    faster than this path once its Python is flat, and `_version` counters do not see fused AdamW
+    steps or `.data` writes, so it could go stale.)
     """
 
     def __init__(
@@ -119,6 +122,8 @@ class SSLoRALayer(nn.Module):
         and s times the experts to the base output (a plain nn.Linear's; otherwise to a delta added
         once). No weight is concatenated, so nothing is copied per call or saved for backward beyond
         the (T, r) activations, and the frozen residual factors get no weight-gradient products.
+        Runs 210 times per token in MedQwen-mini, so its Python is kept flat: dict reads instead of
+        Module.__getattr__, no nested module calls, branches only for what is switched on.
         """
         modules = self._modules  # dict reads, not Module.__getattr__: this runs per layer per token
         base = modules["base"]
@@ -129,11 +134,13 @@ class SSLoRALayer(nn.Module):
         lora_a, lora_b = experts["lora_A"], experts["lora_B"]
         leading = x.shape[:1] + x.shape[2:] if self.is_conv else x.shape[:-1]
         # a plain nn.Linear with no hooks runs on the flattened tokens, so that its (T, m) output is a
-        # fresh tensor the adapter may update in place (no view: autograd would copy it back)
+        # fresh tensor the adapter may update in place (no view: autograd would copy it back); called
+        # as F.linear, which is all its forward does (a module call costs more than a decoding matmul)
         plain = not self.is_conv and _plain_linear(base)
         if plain:
             flat = x.reshape(-1, x.shape[-1])  # (T, n)
-            out = base(flat)  # (T, m)
+            params = base._parameters
+            out = F.linear(flat, params["weight"], params.get("bias"))  # (T, m)
         else:
             out = base(x)
             flat = (x.movedim(1, -1) if self.is_conv else x).reshape(-1, x.shape[1 if self.is_conv else -1])
@@ -169,20 +176,31 @@ class SSLoRALayer(nn.Module):
     def _gated_hidden(self, flat: torch.Tensor, lora_a: torch.Tensor, leading_shape: torch.Size) -> torch.Tensor:
         """(T, r): R_i(x) * (A_i x) in expert i's d columns, 0 for experts off the top-k (s is
         applied by the up-projection)."""
-        dropout = self._modules["dropout"]
+        modules = self._modules
+        dropout = modules["dropout"]
         hidden = F.linear(flat if type(dropout) is nn.Identity else dropout(flat), lora_a)  # (T, r)
         count, n_exp = hidden.shape[0], self._num_experts
-        if n_exp == 1 and not (self.training and self.compute_aux_loss):
+        want_aux = self.training and self.compute_aux_loss
+        if n_exp == 1 and not want_aux:
             # a one-way softmax is exactly 1: N = 1 is LoRA (+ residual), the router need not run
             if self.record_stats and not in_backward():
                 self._accumulate_stats(torch.ones(count, 1, device=flat.device), self.context.valid_tokens(leading_shape))
             return hidden
-        router = self._modules["router"]
-        gates, indices, logits = router.route(router.logits(flat))  # fp32 (T, N): zeros off the top-k
-        self._record_routing(gates, indices, logits, leading_shape, flat)
+        router = modules["router"]
+        weight = router._parameters["weight"]
+        if flat.dtype == weight.dtype == torch.float32 and not _autocast_on(flat.device.type):
+            logits = F.linear(flat, weight)  # (T, N): what router.logits computes, without its checks
+        else:
+            logits = router.logits(flat)
+        gates, indices, logits = router.route(logits)  # fp32 (T, N): zeros off the top-k
+        if want_aux or self.record_stats:
+            self._record_routing(gates, indices, logits, leading_shape, flat)
         if gates.dtype != hidden.dtype:
             gates = gates.to(hidden.dtype)
-        return (hidden.view(count, n_exp, self._expert_rank) * gates.unsqueeze(-1)).view(count, hidden.shape[1])
+        if torch.is_grad_enabled():  # out of place: the product's backward needs hidden as it was
+            return (hidden.view(count, n_exp, self._expert_rank) * gates.unsqueeze(-1)).view(count, hidden.shape[1])
+        hidden.view(count, n_exp, self._expert_rank).mul_(gates.unsqueeze(-1))  # no graph: reuse the buffer
+        return hidden
 
     def _gather_delta(self, flat: torch.Tensor, leading_shape: torch.Size) -> torch.Tensor:
         """(T, m): the experts' term from only the k chosen experts per token (batched gathers of

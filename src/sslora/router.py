@@ -54,7 +54,8 @@ class TopKRouter(nn.Module):
         another matmul over the same x."""
         top_logits, indices = logits.topk(self.top_k, dim=-1)
         # scatter keeps the graph: only the selected logits (hence experts) receive router gradient
-        gates = torch.zeros_like(logits).scatter(-1, indices, top_logits.softmax(dim=-1))
+        # in place on the fresh zeros (one tensor fewer per call); the gradient still reaches the softmax
+        gates = torch.zeros_like(logits).scatter_(-1, indices, top_logits.softmax(dim=-1))
         return gates, indices, logits
 
 
