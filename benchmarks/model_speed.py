@@ -60,6 +60,7 @@ VARIANTS = {
     "peft_lora": "PEFT LoRA r=32",
     "our_lora": "our LoRA r=32 (N=1)",
     "sslora": "SSLoRA 2-of-8 r=32",
+    "sslora_folded": "SSLoRA 2-of-8 r=32, fold_residual",
 }
 TARGETS = list(PRESETS["llama"]["target_modules"])
 CHILD_TAG = "MODEL_SPEED_CHILD "
@@ -115,8 +116,9 @@ def _attach(key: str, model: nn.Module, lm: nn.Module, own_trainable: list[nn.Pa
     elif key == "our_lora":
         config = SSLoRAConfig(r=32, num_experts=1, top_k=1, init="zero", aux_loss_coef=0.0, scaling=2.0, target_modules="llama")
         runner = get_sslora_model(model, config)
-    elif key == "sslora":
-        runner = get_sslora_model(model, SSLoRAConfig(r=32, num_experts=8, top_k=2, target_modules="llama"))
+    elif key in ("sslora", "sslora_folded"):
+        config = SSLoRAConfig(r=32, num_experts=8, top_k=2, target_modules="llama", fold_residual=key == "sslora_folded")
+        runner = get_sslora_model(model, config)
     else:
         raise ValueError(key)
     variant = Variant(key, model, runner)
@@ -144,8 +146,8 @@ def stack_config(quick: bool):
 
 
 def build_stack(key: str, quick: bool, shared: nn.Module | None = None) -> Variant:
-    """The 2-block stack; with `shared`, its decoder weights are shared (not copied): adapters never
-    modify base weights, so the variants can read the same 1.9 GB."""
+    """The 2-block stack; with `shared`, its decoder weights are shared (not copied): adapters other
+    than fold_residual never modify base weights, so those variants can read the same 1.9 GB."""
     from transformers import Qwen2ForCausalLM
 
     config = stack_config(quick)
@@ -387,7 +389,8 @@ def run_model(model_name: str, args) -> dict:
         if model_name == "mini":
             variants[key] = build_mini(key)
         else:
-            shared = variants[keys[0]].model if variants else None
+            # fold_residual writes its base weights: that variant gets its own copy
+            shared = variants[keys[0]].model if variants and key != "sslora_folded" else None
             variants[key] = build_stack(key, args.quick, shared)
     if "train" in args.parts:
         print(f"[{model_name}] training steps, {args.rounds} interleaved rounds", flush=True)

@@ -85,6 +85,16 @@ class SSLoRAConfig:
             "them in the layer's dtype (the router is fp32 either way)."
         },
     )
+    fold_residual: bool = field(
+        default=False,
+        metadata={
+            "help": "Fold the frozen residual W_res into the base weight once, when the adapter is built or "
+            "loaded (W0 <- W0 - W_res, the way PiSSA stores its residual model): one rank-r pass less per "
+            "layer in training and inference, the same outputs up to rounding. The base weight changes in "
+            "place; disable_adapter(), unload() and save_pretrained() still see W0 bit for bit. "
+            "Off: the base weight is never written."
+        },
+    )
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter input, in [0, 1)."})
     router_init_std: float = field(default=0.02, metadata={"help": "Std of the router's normal init (Mixtral)."})
     seed: int = field(default=0, metadata={"help": "Seed of router init, random segments and zero init."})
@@ -120,6 +130,8 @@ class SSLoRAConfig:
             raise ConfigError(f"SSLoRAConfig.aux_loss_coef={self.aux_loss_coef!r} must be a number >= 0")
         if not isinstance(self.autocast_adapter_dtype, bool):
             raise ConfigError(f"SSLoRAConfig.autocast_adapter_dtype={self.autocast_adapter_dtype!r} must be true or false")
+        if not isinstance(self.fold_residual, bool):
+            raise ConfigError(f"SSLoRAConfig.fold_residual={self.fold_residual!r} must be true or false")
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ConfigError(f"SSLoRAConfig.dropout={self.dropout!r} must be in [0, 1)")
         if isinstance(self.target_modules, str) and self.target_modules in PRESETS:

@@ -291,8 +291,8 @@ class SSLoRALayer(nn.Module):
 
         W0 is not copied: only the entries that (W0 - W_res) + W_res does not round back to are
         kept, (index, value) (`merge.fold`), so that disabling the adapter and `unwrap` give W0 bit
-        for bit on the device and dtype it was merged on. Meant for inference: the base weight is
-        modified in place.
+        for bit on the device and dtype it was merged on. The base weight is modified in place
+        (`SSLoRAConfig.fold_residual` does this when the adapter is built; `unmerge_residual` undoes it).
         """
         if self.residual is None:
             return
@@ -302,21 +302,30 @@ class SSLoRALayer(nn.Module):
         self._merge_checksum = original
         self._merged_residual, self.residual = self.residual, None  # kept: save_pretrained still writes it
 
+    @torch.no_grad()
+    def unmerge_residual(self) -> None:
+        """Undo `merge_residual`: W0 back in the base weight, bit for bit, and the residual pass back."""
+        merged = self._modules.get("_merged_residual")
+        if merged is None:
+            return
+        weight = self.base.weight
+        weight.copy_(unfolded(weight, merged.weight(), self._merge_index, self._merge_values))
+        if checksum(weight) != self._merge_checksum:
+            warnings.warn(
+                "SSLoRA: the restored base weight differs from the one merged (the base weight or the "
+                "residual factors changed, or the model moved to another device or dtype since merge_residual)",
+                stacklevel=3,
+            )
+        del self._merged_residual, self._merge_index, self._merge_values
+        self.residual = merged
+
+    @property
+    def residual_merged(self) -> bool:
+        return self._modules.get("_merged_residual") is not None
+
     def unwrap(self) -> nn.Module:
         """The base module with its original weight; the layer lets go of the shared context."""
-        merged = self._modules.get("_merged_residual")
-        if merged is not None:
-            with torch.no_grad():
-                weight = self.base.weight
-                weight.copy_(unfolded(weight, merged.weight(), self._merge_index, self._merge_values))
-            if checksum(self.base.weight) != self._merge_checksum:
-                warnings.warn(
-                    "SSLoRA unwrap: the restored base weight differs from the one merged (the residual "
-                    "factors changed, or the model moved to another device or dtype since merge_residual)",
-                    stacklevel=2,
-                )
-            del self._merged_residual, self._merge_index, self._merge_values
-            self.residual = merged
+        self.unmerge_residual()
         if not self._released:
             self._released = True
             self.context.release_layer()

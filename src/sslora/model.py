@@ -71,6 +71,8 @@ class SSLoRAModel(nn.Module):
             replace_module(model, name, layer)
         wrapped = cls(model, config, context)
         wrapped.set_adapter_trainable(True)
+        if initialise and config.fold_residual:
+            wrapped.merge_residual()
         return wrapped
 
     @classmethod
@@ -85,6 +87,8 @@ class SSLoRAModel(nn.Module):
         with restore_on_error(model):
             wrapped = cls._inject(model, config, cache=None, initialise=False)
             wrapped.load_adapter_weights(directory)
+            if config.fold_residual:
+                wrapped.merge_residual()
         wrapped.set_adapter_trainable(is_trainable)
         wrapped.loaded_version = payload.get("library_version", "")
         return wrapped
@@ -110,7 +114,7 @@ class SSLoRAModel(nn.Module):
             if values[key].shape != target.shape:
                 raise ValueError(f"{path}: {key} has shape {tuple(values[key].shape)}, expected {tuple(target.shape)}")
         check_matches_saved(self.sslora_layers(), self.sslora_config, metadata, path)
-        with torch.no_grad():
+        with self.residual_unfolded(), torch.no_grad():  # new residual factors: fold them in afresh
             for key, target in expected.items():
                 target.copy_(values[key])
 
@@ -278,11 +282,29 @@ class SSLoRAModel(nn.Module):
                 layer.disabled = was
 
     def merge_residual(self) -> None:
-        """Fold W_res into the base weights (one rank-r pass less per layer; for inference: the base
-        weights change in place). `disable_adapter()` and `unload()` still give W0 bit for bit, from
+        """Fold W_res into the base weights (one rank-r pass less per layer, in training and inference;
+        the base weights change in place; `SSLoRAConfig.fold_residual` does it at build and load). `disable_adapter()` and `unload()` still give W0 bit for bit, from
         the few entries kept (`SSLoRALayer.merge_residual`), not from a copy of W0."""
         for layer in self.sslora_layers().values():
             layer.merge_residual()
+
+    def unmerge_residual(self) -> None:
+        """Undo `merge_residual`: W0 back in every base weight, bit for bit."""
+        for layer in self.sslora_layers().values():
+            layer.unmerge_residual()
+
+    @contextlib.contextmanager
+    def residual_unfolded(self) -> Iterator[None]:
+        """Inside the block the base weights are W0 (to save or edit them); folded layers are folded
+        again on the way out."""
+        folded = [layer for layer in self.sslora_layers().values() if layer.residual_merged]
+        for layer in folded:
+            layer.unmerge_residual()
+        try:
+            yield
+        finally:
+            for layer in folded:
+                layer.merge_residual()
 
     def merge_and_unload(self) -> nn.Module:
         """Fold every adapter into its base weight (one expert per layer only: plain LoRA) and remove

@@ -103,6 +103,11 @@ class Trainer:
         if stage.adapter is not None:
             self.attach_adapter(stage.adapter)
         self.vlm.set_trainable([g for g in stage.trainable if g != "adapter"])
+        if self.adapter is not None and self.adapter.sslora_config.fold_residual and "language" in stage.trainable:
+            raise ValueError(
+                f"stage {stage.name!r}: adapter field 'fold_residual: true' folds W_res into the frozen base "
+                "weights; it cannot be combined with training the 'language' group (set fold_residual: false)"
+            )
         if self.adapter is not None:
             self.adapter.set_adapter_trainable("adapter" in stage.trainable)
         self.trained_groups |= {g for g in stage.trainable if g != "adapter"}
@@ -299,7 +304,8 @@ class Trainer:
         if bad:
             raise ValueError(f"refusing to save {directory}: non-finite values in {bad[:5]}")
         groups = sorted(self.trained_groups | {"projector"})  # the projector is small: saved folders are self-contained
-        self.vlm.save_pretrained(directory / "model", groups=groups)
+        with self.adapter.residual_unfolded() if self.adapter is not None else contextlib.nullcontext():
+            self.vlm.save_pretrained(directory / "model", groups=groups)  # W0, not W0 - W_res
         if self.adapter is not None:
             self.adapter.save_pretrained(directory / "adapter", training=_card_training(extra or {}))
         # has_adapter: `medqwen eval/predict` refuse a copy of this folder that lost its adapter/

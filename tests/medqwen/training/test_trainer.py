@@ -136,3 +136,35 @@ def test_merge_adapter_needs_an_adapter():
 
     with pytest.raises(ConfigError, match="merge_adapter"):
         _stage(adapter=None, trainable=["projector"], merge_adapter=True)
+
+
+def test_fold_residual_resumes_exactly_and_saves_w0(samples, tmp_path):
+    """adapter fold_residual: true (W_res folded into the frozen base for speed): a killed run resumes
+    bit for bit, and model/ holds W0 for the language group trained in an earlier stage."""
+    language = _stage(name="s2", trainable=["language"], adapter=None, max_steps=2, lr=1e-4)
+    stage = _stage(adapter={"kind": "sslora", "r": 8, "num_experts": 4, "top_k": 2, "target_modules": "llama", "fold_residual": True})
+
+    def run(folder, stop_after=None, resume=False, fold=True):
+        trainer = Trainer(tiny_mini(seed=0), output_dir=tmp_path / folder, seed=0)
+        trainer.run_stage(language, samples, resume=resume)
+        adapted = stage if fold else _stage(adapter={**stage.adapter, "fold_residual": False})
+        trainer.run_stage(adapted, samples, stop_after=stop_after, resume=resume)
+        return trainer
+
+    whole = run("whole")
+    run("killed", stop_after=3)
+    resumed = run("killed", resume=True)
+    expected, got = _final_tensors(whole), _final_tensors(resumed)
+    assert got.keys() == expected.keys() and all(torch.equal(got[n], expected[n]) for n in expected)
+    run("unfolded", fold=False)
+    saved = load_file(tmp_path / "whole" / "s3" / "final" / "model" / "trainable.safetensors")
+    reference = load_file(tmp_path / "unfolded" / "s3" / "final" / "model" / "trainable.safetensors")
+    language_keys = [k for k in saved if k.startswith("lm.") and "_proj" in k]
+    assert saved.keys() == reference.keys() and language_keys
+    assert all(torch.equal(saved[k], reference[k]) for k in language_keys)  # W0, not W0 - W_res
+
+
+def test_fold_residual_refuses_a_trained_language_group(samples, tmp_path):
+    stage = _stage(trainable=["adapter", "language"], adapter={"kind": "sslora", "r": 8, "num_experts": 4, "fold_residual": True})
+    with pytest.raises(ValueError, match="fold_residual"):
+        Trainer(tiny_mini(seed=0), output_dir=tmp_path, seed=0).run_stage(stage, samples)
