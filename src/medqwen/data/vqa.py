@@ -45,6 +45,7 @@ def read_vqa_rad(
     skip_invalid: bool = False,
     check_images: bool = True,
     verify_images: bool = False,
+    answer_type: str | None = None,
 ) -> SampleList:
     """Read VQA-RAD (Lau et al. 2018) in its public JSON form.
 
@@ -57,7 +58,10 @@ def read_vqa_rad(
     ("CLOSED"/"OPEN", sometimes with a trailing space), question_type,
     question, phrase_type. ``root`` may also be one of the JSON files.
     Splits: train, test (VQA-RAD has no official validation split).
+    ``answer_type``: ``closed`` or ``open`` keeps only those questions (None: all).
     """
+    if answer_type not in (None, "closed", "open"):
+        raise ValueError(f"read_vqa_rad: option answer_type={answer_type!r}; allowed: closed, open, null")
     split = canonical_split(split, ("train", "test"))
     file, base = _json_source(root, [f"{split}set.json"])
     resolve = ImageResolver(image_dir or base / "images", check_images=check_images,
@@ -67,7 +71,10 @@ def read_vqa_rad(
     def build(ctx: RowContext, row: dict) -> Sample:
         return _vqa_sample(ctx, row, resolve, "image_name", "vqa_rad", split, used)
 
-    return collect(file, iter_json_records(file), build, skip_invalid=skip_invalid, id_key="qid")
+    samples = collect(file, iter_json_records(file), build, skip_invalid=skip_invalid, id_key="qid")
+    if answer_type is None:
+        return samples
+    return SampleList([s for s in samples if s.answer_type == answer_type], skipped=samples.skipped)
 
 
 def read_slake(

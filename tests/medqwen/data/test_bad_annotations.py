@@ -40,7 +40,7 @@ def test_unknown_reader_options_are_named_with_the_allowed_ones(rad_dir, rad_row
     with pytest.raises(UnknownOptionError) as err:
         read_dataset("vqa_rad", root, "train", foo=1, skip_invalids=True)
     assert "reader 'vqa_rad': unknown option(s) ['foo', 'skip_invalids'] (did you mean 'skip_invalid'?)" in str(err.value)
-    assert "allowed: ['check_images', 'image_dir', 'skip_invalid', 'verify_images']" in str(err.value)
+    assert "allowed: ['answer_type', 'check_images', 'image_dir', 'skip_invalid', 'verify_images']" in str(err.value)
     with pytest.raises(ValueError, match=r"unknown dataset 'vqa_radd' \(did you mean 'vqa_rad'\?\)"):
         read_dataset("vqa_radd", root)
 
@@ -48,3 +48,13 @@ def test_unknown_reader_options_are_named_with_the_allowed_ones(rad_dir, rad_row
 def test_options_handed_on_to_another_reader_count():
     assert {"style", "wording", "image_dir", "verify_images"} <= reader_options(read_dataset.__globals__["READERS"]["vqa_rad_organ"])
     assert reader_options(read_dataset.__globals__["READERS"]["synthetic"]) == {"n_images", "seed", "test_fraction"}
+
+
+def test_vqa_rad_answer_type_option_keeps_closed_or_open_questions(rad_dir, rad_row):
+    root = rad_dir([rad_row(1, answer="yes", answer_type="CLOSED"), rad_row(2, answer="liver", answer_type="OPEN "),
+                    rad_row(3, answer="no", answer_type="CLOSED")])
+    assert [s.answer for s in read_vqa_rad(root, answer_type="closed")] == ["yes", "no"]
+    assert [s.answer for s in read_dataset("vqa_rad", root, answer_type="open")] == ["liver"]
+    assert len(read_vqa_rad(root)) == 3
+    with pytest.raises(ValueError, match="answer_type='yes'"):
+        read_vqa_rad(root, answer_type="yes")
