@@ -1,7 +1,8 @@
 """MedQwen-mini on VQA-RAD (train -> test): zero-shot vs LoRA r=32 vs SSLoRA 2-of-8 r=32, over seeds.
 
 The default recipe (configs/experiments/recipe.yaml: stage 1, LoRA merged) runs once (seed 0) and gives the shared starting
-model; from it every (method, seed) run trains stage 3 with the same step budget (the seed changes
+model; from it every (method, seed) run trains stage 3 on VQA-RAD's closed questions (the stage configs
+say why not the open ones) with the same step budget (the seed changes
 the adapter init, the data order and dropout), so LoRA and SSLoRA are compared paired, on the same
 base. Each run is its own process (its own peak memory) and writes its own result file
 (benchmarks/results/vqa_rad_runs/<method>_seed<k>.json) when it finishes; re-running skips finished
