@@ -107,7 +107,7 @@ class SSLoRALayer(nn.Module):
         self.record_stats = False
         # calls with at most this many tokens and no adapter gradient gather the k chosen experts'
         # rows per token instead of computing all N (`_gather_delta`). 0 = never: measured slower
-        # than the dense path at every decoding size tried (1-16 tokens, 576-18944 wide).
+        # than the dense path at every decoding size (1-16 tokens, 576-18944 wide; benchmarks/decode_speed.py).
         self.gather_max_tokens = 0
         n = experts.num_experts
         self.register_buffer("expert_counts", torch.zeros(n, device=experts.lora_A.device), persistent=False)
