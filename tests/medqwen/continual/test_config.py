@@ -37,16 +37,23 @@ def test_every_method_parses_with_every_sequence(path):
 @pytest.mark.parametrize("path", SEQUENCES, ids=lambda p: p.name)
 def test_every_sequence_parses(path):
     config = load_sequence(path, data_root="/data")
+    assert config.tasks and all(t.metric == "closed_rank" and t.steps >= 1 and t.train and t.eval for t in config.tasks)
+    capped = apply_limits(config, max_steps=3, max_train=10, max_eval=4)
+    assert all(t.steps == 3 for t in capped.tasks)
+    assert all(s.limit == 10 for t in capped.tasks for s in t.train) and all(s.limit == 4 for t in capped.tasks for s in t.eval)
+
+
+def test_the_headline_sequence_and_the_one_task_vqa_rad_probe():
+    assert [t.name for t in load_sequence(BENCH / "vqa_rad_closed_only.yaml", data_root="/data").tasks] == ["vqa_rad_closed"]
+    path = BENCH / "sequence.yaml"
+    config = load_sequence(path, data_root="/data")
     assert [t.name for t in config.tasks] == ["brain_tumor", "pneumonia", "vqa_rad_closed"]
-    assert all(t.metric == "closed_rank" and t.steps >= 1 and t.train and t.eval for t in config.tasks)
     assert config.tasks[0].train[0].path == "/data/brain_tumor_mri"
     assert config.tasks[0].eval[0].options["per_class"] == 50  # a variable keeps its type
     assert config.tasks[1].candidates == ["yes", "no"]
     small = load_sequence(path, data_root="/data", overrides={"steps_brain": 7})
     assert small.tasks[0].steps == 7 and small.fingerprint() != config.fingerprint()
-    capped = apply_limits(config, max_steps=3, max_train=10, max_eval=4)
-    assert [t.steps for t in capped.tasks] == [3, 3, 3]
-    assert all(s.limit == 10 for t in capped.tasks for s in t.train) and all(s.limit == 4 for t in capped.tasks for s in t.eval)
+    assert [t.steps for t in apply_limits(config, max_steps=3, max_train=10, max_eval=4).tasks] == [3, 3, 3]
     assert config.tasks[0].steps == 300  # the original is unchanged
 
 
