@@ -34,6 +34,7 @@ are not worth comparing across runs.
     python benchmarks/model_speed.py                    # everything; writes benchmarks/results/model_speed.json
     python benchmarks/model_speed.py --quick            # smoke run: tiny batches, 1 round, a small stack
     python benchmarks/model_speed.py --models mini --parts train generate
+    python benchmarks/model_speed.py --models mini --parts profile   # where a training step's time goes, per op
 """
 
 from __future__ import annotations
@@ -265,6 +266,47 @@ def time_generation(variants: dict[str, Variant], generate, batches: list[int], 
     return out
 
 
+def profile_training(variants: dict[str, Variant], batch: dict, rounds: int, top: int = 15) -> dict:
+    """torch.profiler over `rounds` training steps per variant (after one warm-up): self CPU time per
+    op, so that SSLoRA's extra time can be attributed (router products, softmax/top-k, balance loss)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for key, variant in variants.items():
+        variant.runner.train()
+        train_step(variant, batch)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(rounds):
+                train_step(variant, batch)
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events) / 1e6 / rounds
+        out[key] = {
+            "step_s_profiled": total,
+            "ops": [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6 / rounds, "calls": e.count // rounds}
+                    for e in events[:top]],
+        }
+        print(f"  profile {VARIANTS[key]}: {total:.3f} s of ops per step", flush=True)
+    return out
+
+
+def profile_markdown(profiles: dict, reference: str = "peft_lora") -> str:
+    """Ops ranked by how much more self time per step they take than in the reference variant."""
+    lines = []
+    ref = {o["op"]: o for o in profiles.get(reference, {}).get("ops", [])}
+    for key, prof in profiles.items():
+        if key == reference:
+            continue
+        lines += [f"**{VARIANTS[key]}** vs {VARIANTS[reference]}: {prof['step_s_profiled']:.3f} s vs "
+                  f"{profiles[reference]['step_s_profiled']:.3f} s of ops per step", "",
+                  "| op | self s/step | calls/step | reference s/step | reference calls |", "|---|---:|---:|---:|---:|"]
+        for op in prof["ops"]:
+            r = ref.get(op["op"], {})
+            lines.append(f"| {op['op']} | {op['self_s']:.3f} | {op['calls']} | "
+                         f"{r.get('self_s', 0):.3f} | {r.get('calls', 0)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------- memory
 def _proc_status_kb(field_name: str) -> int | None:
     try:
@@ -327,6 +369,37 @@ def measure_memory(model_name: str, keys: list[str], args) -> dict:
     return results
 
 
+# ---------------------------------------------------------------------------------------- processes
+def _rotated(keys: list[str], shift: int) -> list[str]:
+    shift %= len(keys)
+    return keys[shift:] + keys[:shift]
+
+
+def training_over_processes(model_name: str, keys: list[str], args) -> dict:
+    """Training steps timed in `args.processes` fresh processes, each building every variant (in a
+    rotated order) and running interleaved rounds. The same variant's median moved by ~10% from one
+    process to the next here (allocation and memory placement), more than the ratios being compared:
+    medians pooled over processes, with each process's ratio to PEFT LoRA kept to show the spread."""
+    pooled = {k: [] for k in keys}
+    per_process = []
+    for index in range(args.processes):
+        print(f"[{model_name}] training steps, process {index + 1} of {args.processes}", flush=True)
+        cmd = [sys.executable, __file__, "--models", model_name, "--parts", "train", "--rounds", str(args.rounds),
+               "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--child-rotation", str(index),
+               "--out", os.devnull] + (["--quick"] if args.quick else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith(CHILD_TAG)]
+        if proc.returncode or not lines:
+            raise RuntimeError(f"training child {index} failed:\n{proc.stderr[-3000:]}")
+        times = json.loads(lines[-1][len(CHILD_TAG):])
+        per_process.append({k: times[k]["step_s"] / times["peft_lora"]["step_s"] for k in keys})
+        for k in keys:
+            pooled[k] += times[k]["all_s"]
+    out = {k: {"step_s": statistics.median(t), "all_s": t,
+               "ratio_to_peft_lora_per_process": [p[k] for p in per_process]} for k, t in pooled.items()}
+    return out
+
+
 # ---------------------------------------------------------------------------------------- report
 def machine_info() -> dict:
     from init_speed import cpu_name  # the sibling benchmark script (this folder is on sys.path when run)
@@ -381,26 +454,39 @@ def run_model(model_name: str, args) -> dict:
     if "memory" in args.parts:
         print(f"[{model_name}] peak training memory, one subprocess per variant", flush=True)
         result["memory"] = measure_memory(model_name, keys, args)
-    if not ({"train", "generate"} & set(args.parts)):
+    if not ({"train", "generate", "profile"} & set(args.parts)):
         return result
+    if "train" in args.parts and args.processes > 1:
+        result["train"] = training_over_processes(model_name, keys, args)
+        if not ({"generate", "profile"} & set(args.parts)):
+            return result
     print(f"[{model_name}] building {len(keys)} variants", flush=True)
     variants: dict[str, Variant] = {}
-    for key in keys:
+    # the stack's variants read the weights of "none" (never modified), so it is built first
+    order = _rotated(keys, args.child_rotation or 0) if model_name == "mini" else keys[:1] + _rotated(keys[1:], args.child_rotation or 0)
+    for key in order:
         if model_name == "mini":
             variants[key] = build_mini(key)
         else:
             # fold_residual writes its base weights: that variant gets its own copy
             shared = variants[keys[0]].model if variants and key != "sslora_folded" else None
             variants[key] = build_stack(key, args.quick, shared)
-    if "train" in args.parts:
+    if "train" in args.parts and args.processes <= 1:
         print(f"[{model_name}] training steps, {args.rounds} interleaved rounds", flush=True)
         batch = mini_train_batch(variants["none"].model, args.batch) if model_name == "mini" else stack_train_batch(1, args.seq_len)
         result["train"] = time_training(variants, batch, args.rounds)
         result["train_inputs"] = {"shape": list(batch["input_ids"].shape)}
+        if args.child_rotation is not None:
+            print(CHILD_TAG + json.dumps(result["train"]), flush=True)
     if "generate" in args.parts:
         print(f"[{model_name}] generation, {args.rounds} interleaved rounds", flush=True)
         generate = mini_generate if model_name == "mini" else stack_generate
         result["generate"] = time_generation(variants, generate, args.gen_batches, args.new_tokens, args.rounds)
+    if "profile" in args.parts:
+        print(f"[{model_name}] profiling training steps", flush=True)
+        batch = mini_train_batch(variants["none"].model, args.batch) if model_name == "mini" else stack_train_batch(1, args.seq_len)
+        result["profile"] = profile_training(variants, batch, min(args.rounds, 3))
+        print(profile_markdown(result["profile"]), flush=True)
     del variants
     gc.collect()
     return result
@@ -410,14 +496,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 2, 1 round, 4 new tokens, gen batches 1 and 2, a small stack")
     parser.add_argument("--models", nargs="+", default=["mini", "stack7b"], choices=["mini", "stack7b"])
-    parser.add_argument("--parts", nargs="+", default=["train", "memory", "generate"], choices=["train", "memory", "generate"])
+    parser.add_argument("--parts", nargs="+", default=["train", "memory", "generate"], choices=["train", "memory", "generate", "profile"])
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per measurement (default 5; --quick 1)")
     parser.add_argument("--batch", type=int, default=None, help="MedQwen-mini training batch (default 8; --quick 2)")
     parser.add_argument("--seq-len", type=int, default=None, help="7B-stack training tokens (batch 1; default 256; --quick 32)")
     parser.add_argument("--gen-batches", type=int, nargs="+", default=None, help="default 1 16; --quick 1 2")
     parser.add_argument("--new-tokens", type=int, default=None, help="default 16; --quick 4")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "model_speed.json"))
+    parser.add_argument("--processes", type=int, default=1,
+                        help="time training in this many fresh processes (variants built in rotated order) and pool the rounds")
     parser.add_argument("--child-memory", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-rotation", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     quick = args.quick
     args.rounds = args.rounds or (1 if quick else 5)
@@ -435,14 +524,15 @@ def main() -> None:
     print(f"machine: {machine['cpu']}, {machine['logical_cpus']} logical CPUs, torch {machine['torch']} "
           f"with {machine['torch_threads']} threads (OMP_NUM_THREADS={machine['OMP_NUM_THREADS']}), "
           f"load average {machine['loadavg_start']}", flush=True)
-    settings = {k: getattr(args, k) for k in ("quick", "models", "parts", "rounds", "batch", "seq_len", "gen_batches", "new_tokens")}
+    settings = {k: getattr(args, k) for k in ("quick", "models", "parts", "rounds", "processes", "batch", "seq_len", "gen_batches", "new_tokens")}
     results = {"machine": machine, "settings": settings, "variants": VARIANTS}
     tables = []
     for model_name in args.models:
         results[model_name] = run_model(model_name, args)
         title = "MedQwen-mini" if model_name == "mini" else ("2-block stack at " + ("small (--quick)" if quick else "Qwen2.5-VL-7B") + " shapes")
-        tables.append(markdown(title, results[model_name], args.gen_batches))
-        print(tables[-1], flush=True)
+        if {"train", "memory", "generate"} & set(results[model_name]):
+            tables.append(markdown(title, results[model_name], args.gen_batches))
+            print(tables[-1], flush=True)
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
