@@ -126,6 +126,44 @@ def test_tiny_sequence_end_to_end_and_resume(sequence, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["continual", str(sequence), "--output-dir", str(out), "--var", "steps=4"])
     assert "holds a run of another configuration" in capsys.readouterr().err
+    _check_update_analysis(out)
+
+
+def _check_update_analysis(out: Path) -> None:
+    """benchmarks/continual/updates.py on the finished run, against a direct computation."""
+    import importlib.util
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    spec = importlib.util.spec_from_file_location("updates", Path(__file__).resolve().parents[3] / "benchmarks" / "continual" / "updates.py")
+    updates = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(updates)
+    result = updates.analyse(out)
+    assert result["tasks"] == ["colours", "synthetic"] and result["num_experts"] == 4
+    assert all(sum(share) == pytest.approx(1.0) for share in result["energy_share"])
+
+    # task 2's update, summed directly over layers and experts: || s (B2 A2 - B1 A1) ||_F
+    folders = [out / "train" / name / "final" / "adapter" for name in ("task1_colours", "task2_synthetic")]
+    config = json.loads((folders[0] / "adapter_config.json").read_text())
+    first, second = (load_file(str(f / "adapter_model.safetensors")) for f in folders)
+    total = 0.0
+    for layer, info in config["layers"].items():
+        a1, b1, a2, b2 = (t[f"{layer}.experts.lora_{x}"].double() for t in (first, second) for x in "AB")
+        for j in range(4):
+            cols = slice(2 * j, 2 * j + 2)
+            total += float(((b2[:, cols] @ a2[cols] - b1[:, cols] @ a1[cols]) * info["scaling"]).pow(2).sum())
+    assert result["update_norm"][1] == pytest.approx(total ** 0.5, rel=1e-9)
+    assert result["undone"]["synthetic on colours"] == pytest.approx(result["undone_first_task_by_all_later"])
+
+    # another start model than the run's is detected through the frozen residual
+    weights = folders[0] / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(k for k in tensors if k.endswith("res_A"))
+    tensors[name] = tensors[name] * 1.5
+    save_file(tensors, str(weights))
+    with pytest.raises(RuntimeError, match="not the same start"):
+        updates.analyse(out)
 
 
 def test_cli_help_and_bad_config(tmp_path, capsys):
