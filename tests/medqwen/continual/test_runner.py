@@ -133,7 +133,6 @@ def _check_update_analysis(out: Path) -> None:
     """benchmarks/continual/updates.py on the finished run, against a direct computation."""
     import importlib.util
 
-    import torch
     from safetensors.torch import load_file, save_file
 
     spec = importlib.util.spec_from_file_location("updates", Path(__file__).resolve().parents[3] / "benchmarks" / "continual" / "updates.py")
