@@ -30,7 +30,7 @@ def test_plan_orders_headline_seeds_first():
     assert main[:3] == [("lora", 0), ("sslora", 0), ("moelora", 0)] and len(main) == 3 * 3 + 3
     assert main[-3:] == [("pissa", 0), ("milora", 0), ("full_ft", 0)]
     ablations = grid.plan("ablations", None, None)
-    assert len(ablations) == 13 and {m for m, _ in ablations} == set(grid.ablation_names())
+    assert len(ablations) == 15 and {m for m, _ in ablations} == set(grid.ablation_names())
     assert grid.plan("main", ["sslora"], [3, 4]) == [("sslora", 3), ("sslora", 4)]
 
 
