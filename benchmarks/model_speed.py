@@ -180,6 +180,10 @@ def mini_train_batch(vlm, batch: int) -> dict:
     return vlm.build_inputs(None, prompts, answers, image_features=mini_features(batch))
 
 
+def train_batch(model_name: str, model, args) -> dict:
+    return mini_train_batch(model, args.batch) if model_name == "mini" else stack_train_batch(1, args.seq_len)
+
+
 def stack_train_batch(batch: int, seq_len: int) -> dict:
     ids = torch.randint(3, 1024, (batch, seq_len), generator=torch.Generator().manual_seed(2))
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
@@ -332,7 +336,7 @@ def _release_free_heap() -> None:
 def child_memory(model_name: str, key: str, args) -> dict:
     """In a fresh process: build the variant, then peak RSS over 2 training steps."""
     variant = build_mini(key) if model_name == "mini" else build_stack(key, args.quick)
-    batch = mini_train_batch(variant.model, args.batch) if model_name == "mini" else stack_train_batch(1, args.seq_len)
+    batch = train_batch(model_name, variant.model, args)
     variant.runner.train()
     with torch.no_grad():  # weights loaded from a file mapping become resident when first read: read
         for tensor in [*variant.runner.parameters(), *variant.runner.buffers()]:  # them all now, so the
@@ -473,7 +477,7 @@ def run_model(model_name: str, args) -> dict:
             variants[key] = build_stack(key, args.quick, shared)
     if "train" in args.parts and args.processes <= 1:
         print(f"[{model_name}] training steps, {args.rounds} interleaved rounds", flush=True)
-        batch = mini_train_batch(variants["none"].model, args.batch) if model_name == "mini" else stack_train_batch(1, args.seq_len)
+        batch = train_batch(model_name, variants["none"].model, args)
         result["train"] = time_training(variants, batch, args.rounds)
         result["train_inputs"] = {"shape": list(batch["input_ids"].shape)}
         if args.child_rotation is not None:
@@ -484,7 +488,7 @@ def run_model(model_name: str, args) -> dict:
         result["generate"] = time_generation(variants, generate, args.gen_batches, args.new_tokens, args.rounds)
     if "profile" in args.parts:
         print(f"[{model_name}] profiling training steps", flush=True)
-        batch = mini_train_batch(variants["none"].model, args.batch) if model_name == "mini" else stack_train_batch(1, args.seq_len)
+        batch = train_batch(model_name, variants["none"].model, args)
         result["profile"] = profile_training(variants, batch, min(args.rounds, 3))
         print(profile_markdown(result["profile"]), flush=True)
     del variants

@@ -42,12 +42,12 @@ def task_adapters(run: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def initial_adapter(run: Path, first: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def initial_adapter(run: Path, folder: Path, first: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The adapter before the first task: rebuilt from the run's start model and saved config. Zero
     init (LoRA, MoELoRA) needs no rebuild: B = 0, so every expert's product is 0 (returned as {})."""
     from sslora import SSLoRAConfig, get_sslora_model
 
-    config, _ = SSLoRAConfig.load(next(iter(task_adapters(run)))[1])
+    config, _ = SSLoRAConfig.load(folder)
     if config.init == "zero":
         return {}
     from medqwen.models import load_model
@@ -81,7 +81,7 @@ def analyse(run: Path) -> dict:
     adapters = task_adapters(run)
     config = json.loads((adapters[0][1] / "adapter_config.json").read_text())
     states = [load_file(str(folder / "adapter_model.safetensors")) for _, folder in adapters]
-    start = initial_adapter(run, states[0])
+    start = initial_adapter(run, adapters[0][1], states[0])
     names, n_exp, tasks = [name for name, _ in adapters], config["num_experts"], len(states)
     # per layer, one layer at a time (all layers' products at once would take ~20 GB in fp64):
     # energy[t] = sum over layers of ||Delta_t||^2 per expert, dot[t][u] = <Delta_u, Delta_t> per expert
