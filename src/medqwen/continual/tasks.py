@@ -69,7 +69,8 @@ def score_task(
     by the registered evaluators of :mod:`medqwen.eval`.
 
     ``closed_rank``: accuracy of the most likely candidate (the "rank" evaluator with the sequence
-    scorer: one teacher-forced forward per (question, candidate); ``gold_logprob`` = the mean
+    scorer: log p(candidate | image, question) of every candidate, each question's prompt run once on
+    models with a prefix cache, see :mod:`medqwen.eval.ranking`); ``gold_logprob`` = the mean
     log-likelihood of the reference answer, which moves before the accuracy does). ``vqa``: greedy
     generation scored by the "vqa" evaluator (``task.score``: closed_acc, open_recall or exact_match).
     ``blank_images`` zeroes the image features (the question-prior control).

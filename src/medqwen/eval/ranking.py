@@ -14,6 +14,12 @@ each candidate by log p(first answer token | image, question) from ONE forward o
 first tokens differ and every later token is near-certain (yes/no, class names), and K times
 cheaper. ``"auto"`` (default) uses ``first_token`` when every sample's candidates start with
 distinct tokens, else ``sequence``; :func:`chosen_scorer` tells which.
+
+The sequence scorer shares each question's prompt between its candidates on models with
+``supports_prefix_cache`` (MedQwen-mini): the prompt runs once with the language model's KV cache,
+the cache is repeated per candidate, and only the candidates' answer tokens run on top of it — the
+same log-probabilities as one full row per candidate (:func:`per_row_logprobs`, the reference; equal
+up to float rounding), at about 1/K of the cost for K candidates whose answers are a few tokens.
 """
 
 from __future__ import annotations
@@ -97,23 +103,35 @@ def first_token_logprobs(
     return scores
 
 
-@torch.no_grad()
 def candidate_logprobs(
     model, samples: Sequence, candidates: Sequence[Sequence[str]], *, cache=None, blank_images: bool = False,
     batch_size: int = 32,
 ) -> list[list[float]]:
-    """log p(candidate | image, question) for every candidate of every sample (see module docstring).
+    """log p(candidate | image, question) for every candidate of every sample (see module docstring):
+    :func:`prefix_shared_logprobs` when the model supports a prefix cache, else :func:`per_row_logprobs`.
 
     ``model`` is a VisionLanguageModel or an adapter wrapper around one; ``cache`` a FeatureCache
-    (frozen image features) or None. ``batch_size`` counts (question, candidate) rows.
+    (frozen image features) or None.
     """
-    from medqwen.training.batches import make_batch_from
-
     if len(candidates) != len(samples):
         raise ValueError(f"{len(candidates)} candidate lists for {len(samples)} samples")
-    rows = [(i, c) for i, options in enumerate(candidates) for c in options]
     if any(not options for options in candidates):
         raise ValueError("every sample needs at least one candidate answer")
+    vlm = getattr(model, "base_model", model)
+    score = prefix_shared_logprobs if getattr(vlm, "supports_prefix_cache", False) else per_row_logprobs
+    return score(model, samples, candidates, cache=cache, blank_images=blank_images, batch_size=batch_size)
+
+
+@torch.no_grad()
+def per_row_logprobs(
+    model, samples: Sequence, candidates: Sequence[Sequence[str]], *, cache=None, blank_images: bool = False,
+    batch_size: int = 32,
+) -> list[list[float]]:
+    """The sequence scorer with one teacher-forced row per (question, candidate); ``batch_size``
+    counts rows. Works on every model; the reference for :func:`prefix_shared_logprobs`."""
+    from medqwen.training.batches import make_batch_from
+
+    rows = [(i, c) for i, options in enumerate(candidates) for c in options]
     was_training = model.training
     model.eval()
     vlm = getattr(model, "base_model", model)
@@ -127,6 +145,59 @@ def candidate_logprobs(
             out = model(**batch, **kwargs)
             for (i, _), value in zip(chunk, sequence_logprobs(out.answer_logits, out.answer_labels, batch["labels"]).tolist()):
                 scores[i].append(value)
+    finally:
+        model.train(was_training)
+    return scores
+
+
+@torch.no_grad()
+def prefix_shared_logprobs(
+    model, samples: Sequence, candidates: Sequence[Sequence[str]], *, cache=None, blank_images: bool = False,
+    batch_size: int = 32,
+) -> list[list[float]]:
+    """The sequence scorer with each prompt run once (``batch_size`` counts prompts).
+
+    For a candidate with answer tokens a_1..a_n: log p(a_1) from the prompt's last position, and
+    log p(a_{j+1}) from position j of a continuation a_1..a_{n-1} run on the prompt's KV cache.
+    """
+    from medqwen.training.batches import make_batch_from
+
+    was_training = model.training
+    model.eval()
+    vlm = getattr(model, "base_model", model)
+    scores: list[list[float]] = []
+    kwargs = {"blank_images": True} if blank_images else {}
+    try:
+        for start in range(0, len(samples), batch_size):
+            options = candidates[start : start + batch_size]
+            batch = make_batch_from(vlm, samples[start : start + batch_size], None, cache=cache, padding_side="left")
+            batch = {k: v.to(vlm.device) for k, v in batch.items()}
+            prompt = model(**batch, logits_to_keep=1, use_cache=True, **kwargs)
+            tokens = [answer_tokens(vlm, c) for opts in options for c in opts]  # R rows
+            row_prompt = torch.repeat_interleave(
+                torch.arange(len(options), device=vlm.device), torch.tensor([len(o) for o in options], device=vlm.device)
+            )  # (R,) which prompt each row continues
+            first = F.log_softmax(prompt.logits[:, -1].float(), dim=-1)  # (B, V)
+            totals = first[row_prompt, torch.tensor([t[0] for t in tokens], device=vlm.device)]  # (R,)
+            rest = max(len(t) for t in tokens) - 1
+            if rest > 0:
+                cont = torch.full((len(tokens), rest), vlm.pad_token_id, dtype=torch.long, device=vlm.device)
+                cont_mask = torch.zeros_like(cont)
+                targets = torch.full_like(cont, -100)
+                for r, t in enumerate(tokens):
+                    cont[r, : len(t) - 1] = torch.tensor(t[:-1])
+                    cont_mask[r, : len(t) - 1] = 1
+                    targets[r, : len(t) - 1] = torch.tensor(t[1:])
+                kv = prompt.past_key_values
+                kv.batch_select_indices(row_prompt)  # (B, ...) -> (R, ...), in place
+                mask = torch.cat([batch["attention_mask"][row_prompt], cont_mask], dim=1)
+                logprobs = F.log_softmax(model(input_ids=cont, attention_mask=mask, past_key_values=kv).logits.float(), -1)
+                picked = logprobs.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (R, rest)
+                totals = totals + (picked * (targets != -100)).sum(1)
+            flat = totals.tolist()
+            for opts in options:
+                scores.append(flat[: len(opts)])
+                flat = flat[len(opts) :]
     finally:
         model.train(was_training)
     return scores

@@ -77,6 +77,9 @@ class VisionLanguageModel(nn.Module, ABC):
     # A model whose frozen image encoder output can be computed once and reused (FeatureCache): it
     # implements encode_images, and build_inputs / generate accept image_features=.
     supports_image_features: bool = False
+    # forward(..., use_cache=True) returns the KV cache, and forward(continuation_ids, mask over
+    # cache + continuation, past_key_values=cache) continues from it (see MedQwenMini.forward)
+    supports_prefix_cache: bool = False
 
     # ---------------------------------------------------------------- abstract parts
     @abstractmethod

@@ -24,6 +24,7 @@ when its parameters are trainable.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ class MedQwenMini(VisionLanguageModel):
     """
 
     supports_image_features = True
+    supports_prefix_cache = True
 
     def __init__(
         self,
@@ -242,17 +244,36 @@ class MedQwenMini(VisionLanguageModel):
         blank_images: bool = False,
         full_logits: bool = False,
         logits_to_keep: int = 0,
+        past_key_values: Any = None,
+        use_cache: bool = False,
     ) -> VLMOutput:
         """Loss on labelled tokens; logits (B, L, V) only without labels or with ``full_logits``;
-        ``logits_to_keep=n`` without labels: logits of the last n positions only (B, n, V)."""
-        embeds = self.embed_inputs(input_ids, pixel_values, image_features, blank_images)
+        ``logits_to_keep=n`` without labels: logits of the last n positions only (B, n, V).
+
+        Prefix cache: ``use_cache=True`` returns the KV cache in ``past_key_values``; a call with
+        ``past_key_values=cache`` continues it: ``input_ids`` (B, q) are new text tokens (no image
+        tokens) and ``attention_mask`` (B, M + q) covers the M cached positions and the q new ones.
+        """
+        if past_key_values is not None:
+            if (input_ids == self.image_token_id).any():
+                raise ValueError("a continuation of a cached prefix cannot hold image tokens")
+            embeds = self.embed_inputs(input_ids)
+            position_ids = positions_from_mask(attention_mask)[:, -input_ids.shape[1]:]
+        else:
+            embeds = self.embed_inputs(input_ids, pixel_values, image_features, blank_images)
+            position_ids = positions_from_mask(attention_mask)
+        cached = {_cache_kwarg(self.lm.model): past_key_values} if past_key_values is not None else {}
         out = self.lm.model(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
-            position_ids=positions_from_mask(attention_mask),
-            use_cache=False,
+            position_ids=position_ids,
+            use_cache=use_cache or past_key_values is not None,
+            **cached,
         )
-        return lm_output(out.last_hidden_state, labels, self.lm.lm_head, full_logits, logits_to_keep)
+        result = lm_output(out.last_hidden_state, labels, self.lm.lm_head, full_logits, logits_to_keep)
+        if use_cache or past_key_values is not None:
+            result.past_key_values = out.cache if hasattr(out, "cache") else out.past_key_values
+        return result
 
     def _generate(self, batch: dict[str, Tensor], config: Any, blank_images: bool) -> Tensor:
         """The LM decodes from the spliced embeddings with its KV cache (only new tokens come back)."""
@@ -260,6 +281,11 @@ class MedQwenMini(VisionLanguageModel):
             batch["input_ids"], batch.get("pixel_values"), batch.get("image_features"), blank_images
         )
         return self.lm.generate(inputs_embeds=embeds, attention_mask=batch["attention_mask"], generation_config=config)
+
+
+def _cache_kwarg(decoder: nn.Module) -> str:
+    """The decoder's KV-cache argument: ``cache`` in recent transformers, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
 def medqwen_mini(

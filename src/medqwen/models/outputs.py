@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,6 +25,7 @@ class VLMOutput:
     logits: Tensor | None = None
     answer_logits: Tensor | None = None
     answer_labels: Tensor | None = None
+    past_key_values: Any = None
 
 
 def labelled_lm_loss(hidden: Tensor, labels: Tensor, lm_head: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
