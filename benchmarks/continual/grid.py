@@ -11,6 +11,9 @@
 Every run is `medqwen continual <sequence> --method M --seed S --output-dir <work>/<M>/seed<S>` in a
 subprocess (log: <run dir>/log.txt). A run whose results.json exists is skipped; an unfinished one
 resumes where it stopped (finished tasks are not redone, a task resumes from its newest checkpoint).
+A run holds <run dir>/grid.lock (the grid's pid) while it trains: a second grid command started beside
+the first (one per core) skips the runs the first holds and takes the next ones; a lock whose process
+is gone is taken over.
 After each run, and with --aggregate-only, every finished run is aggregated into the results file
 (default benchmarks/results/continual.json; smoke: continual_smoke.json; a .md table and a .png bar chart
 beside it): per method forgetting_mean / _std, final_avg_mean / _std, bwt_mean, trainable_params,
@@ -86,8 +89,40 @@ def command(args, method: str, seed: int, out: Path) -> list[str]:
     return cmd
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def take_lock(run_dir: Path) -> int | None:
+    """Create run_dir/grid.lock holding this process's pid; None when taken, else the pid of the live
+    process that holds it. A lock left by a process that no longer exists is replaced."""
+    lock = run_dir / "grid.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and _pid_alive(holder):
+                return holder
+            lock.unlink(missing_ok=True)  # stale
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return None
+    raise RuntimeError(f"could not take {lock}")
+
+
 def run_one(args, method: str, seed: int) -> str:
-    """'done' (skipped), 'ok' or 'failed (exit N)'."""
+    """'done' (skipped), 'ok', 'running in pid N' (another grid holds it) or 'failed (exit N)'."""
     out = args.work / method / f"seed{seed}"
     result = out / "results.json"
     if result.is_file():
@@ -100,9 +135,16 @@ def run_one(args, method: str, seed: int) -> str:
     if args.dry_run:
         return "dry run"
     out.mkdir(parents=True, exist_ok=True)
+    holder = take_lock(out)
+    if holder is not None:
+        print(f"  skipped: another grid (pid {holder}) is running it", flush=True)
+        return f"running in pid {holder}"
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "TOKENIZERS_PARALLELISM": "false"}
-    with open(out / "log.txt", "a", encoding="utf-8") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    try:
+        with open(out / "log.txt", "a", encoding="utf-8") as log:
+            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    finally:
+        (out / "grid.lock").unlink(missing_ok=True)
     return "ok" if code == 0 else f"failed (exit {code}, see {out / 'log.txt'})"
 
 

@@ -92,3 +92,32 @@ def test_finished_runs_are_skipped_and_foreign_runs_refused(setup, capsys):
     with pytest.raises(SystemExit, match="is a run of another configuration"):
         grid.run_one(args, "m1", 0)
     assert grid.aggregate(args, [("m1", 0)]) == {}  # left out of the aggregate too
+
+
+def test_a_run_held_by_a_live_grid_is_skipped_and_a_stale_lock_taken_over(setup, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    args = setup
+    args.dry_run = False
+    out = args.work / "m2" / "seed0"
+    out.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a live "other grid"
+    try:
+        (out / "grid.lock").write_text(str(other.pid))
+        monkeypatch.setattr(grid.subprocess, "call", lambda *a, **k: pytest.fail("ran a run another grid holds"))
+        assert grid.run_one(args, "m2", 0) == f"running in pid {other.pid}"
+    finally:
+        other.kill()
+        other.wait()
+    launched = []
+
+    def fake_call(cmd, **kwargs):
+        launched.append(cmd)
+        assert (out / "grid.lock").read_text() == str(os.getpid())  # held while the run goes
+        return 0
+
+    monkeypatch.setattr(grid.subprocess, "call", fake_call)
+    assert grid.run_one(args, "m2", 0) == "ok"  # the dead holder's lock is taken over
+    assert len(launched) == 1 and not (out / "grid.lock").exists()  # released afterwards
