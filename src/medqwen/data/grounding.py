@@ -53,7 +53,7 @@ REGION_CUIS = {
 VQA_RAD_ORGANS = {"HEAD": "head", "CHEST": "chest", "ABD": "abdomen"}
 TASKS = ("modality", "region")
 STYLES = ("yesno", "choice", "open")
-WORDINGS = ("train", "probe", "all")
+WORDINGS = ("train", "probe", "all", "varied")
 
 # How each class is named in a question. Alignment ("train") and probe wordings never share a
 # phrase, so a probe answer cannot come from a memorised question.
@@ -73,11 +73,33 @@ NAMES = {
         "abdomen": ["the abdominopelvic region"], "limb": ["an extremity"],
     },
 }
+# "varied": the alignment phrasings and more (synonyms, question forms), still disjoint from the probe
+# wordings: a model that learned "is this X?" for many phrasings of X, not two, is what the held-out
+# probe wording tests.
+NAMES["varied"] = {
+    "ct": NAMES["train"]["ct"] + ["a CT study", "a CAT scan", "a CT slice", "a CT"],
+    "x-ray": NAMES["train"]["x-ray"] + ["a radiograph", "an X-ray image", "a conventional X-ray", "an x-ray picture"],
+    "mri": NAMES["train"]["mri"] + ["an MRI", "an MRI study", "an MR scan", "an MR study"],
+    "ultrasound": NAMES["train"]["ultrasound"] + ["an ultrasound", "an ultrasound scan", "a US image", "an echo image"],
+    "angiography": NAMES["train"]["angiography"] + ["an arteriogram", "a catheter angiogram", "a DSA image", "an angiographic image"],
+    "chest": NAMES["train"]["chest"] + ["the lungs", "the chest cavity", "the rib cage"],
+    "head": NAMES["train"]["head"] + ["the skull", "the brain", "the head and neck"],
+    "abdomen": NAMES["train"]["abdomen"] + ["the pelvis", "the belly", "the abdominal organs"],
+    "limb": NAMES["train"]["limb"] + ["a leg", "an arm", "a hand, foot or joint of a limb"],
+}
 YES_NO_TEMPLATES = {
     "train": {"modality": ["Is this {name}?", "Is this image {name}?"],
               "region": ["Does this image show {name}?", "Is {name} shown here?"]},
     "probe": {"modality": ["Was this picture acquired as {name}?"],
               "region": ["Is the body part in view {name}?"]},
+}
+YES_NO_TEMPLATES["varied"] = {
+    "modality": YES_NO_TEMPLATES["train"]["modality"] + [
+        "Could this be {name}?", "Is this study {name}?", "Am I looking at {name}?", "Does this look like {name}?",
+        "Would you call this {name}?", "Is the image shown {name}?"],
+    "region": YES_NO_TEMPLATES["train"]["region"] + [
+        "Is this an image of {name}?", "Does the scan include {name}?", "Is {name} visible in this image?",
+        "Are we looking at {name}?", "Is {name} the area imaged?"],
 }
 CHOICE_NAMES = {  # the answer strings of multiple-choice questions (and of the ranking candidates)
     "ct": "ct", "x-ray": "x-ray", "mri": "mri", "ultrasound": "ultrasound", "angiography": "angiography",
@@ -86,10 +108,16 @@ CHOICE_NAMES = {  # the answer strings of multiple-choice questions (and of the 
 CHOICE_TEMPLATES = {
     "train": {"modality": "Which imaging modality is this: {options}?", "region": "Which body region is shown: {options}?"},
     "probe": {"modality": "Name the imaging technique ({options}).", "region": "Name the part of the body in view ({options})."},
+    "varied": {"modality": ["Which imaging modality is this: {options}?",
+                            "What kind of scan is this: {options}?", "Was this image made by {options}?",
+                            "Is this image {options}?"],
+               "region": ["Which body region is shown: {options}?", "What part of the body is imaged: {options}?",
+                          "Where in the body is this: {options}?", "Does this image show {options}?"]},
 }
 OPEN_TEMPLATES = {  # open questions: no options listed; the answer is the class name
     "train": {"modality": "What imaging modality was used?", "region": "What part of the body is shown?"},
     "probe": {"modality": "How was this image acquired?", "region": "Which anatomical region is imaged?"},
+    "varied": {"modality": "What imaging modality was used?", "region": "What part of the body is shown?"},
 }
 CLASSES = {"modality": ["ct", "x-ray", "mri", "ultrasound", "angiography"], "region": ["chest", "head", "abdomen", "limb"]}
 
@@ -143,7 +171,9 @@ def label_questions(
             options = [CHOICE_NAMES[c] for c in classes]
             rng.shuffle(options)
             if style == "choice":
-                question = CHOICE_TEMPLATES[words][task].format(options=", ".join(options[:-1]) + " or " + options[-1])
+                template = CHOICE_TEMPLATES[words][task]
+                template = template if isinstance(template, str) else rng.choice(template)  # one: no draw (keeps old seeds' data)
+                question = template.format(options=", ".join(options[:-1]) + " or " + options[-1])
             else:
                 question = OPEN_TEMPLATES[words][task]
             extra = {**base, "candidates": sorted(options)}
@@ -153,16 +183,23 @@ def label_questions(
 
 def read_roco_grounding(
     root: str | Path, split: str = "val", *, task: str = "modality", style: str = "yesno", wording: str | None = None,
-    seed: int = 0, **roco_options: Any,
+    seed: int = 0, draws: int = 1, **roco_options: Any,
 ) -> SampleList:
     """Closed questions about ROCOv2 images from their concept labels (see the module docstring).
 
     ``wording`` defaults to "train" on the train split (alignment data) and "probe" elsewhere.
+    ``draws``: question sets drawn per image, each with its own seed (seed, seed + 1, ...): other
+    "no" classes, phrasings and option orders, instead of the same questions every epoch.
     """
+    if not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"grounding questions: draws={draws!r}; expected an integer >= 1")
     wording = wording or ("train" if split == "train" else "probe")
     images = read_roco(root, split, **roco_options)
     labelled = [(s, label) for s in images if (label := roco_label(s, task)) is not None]
-    return label_questions(labelled, task, style=style, wording=wording, seed=seed, source=f"roco_{task}")
+    out = SampleList()
+    for draw in range(draws):
+        out.extend(label_questions(labelled, task, style=style, wording=wording, seed=seed + draw, source=f"roco_{task}"))
+    return out
 
 
 def read_vqa_rad_organ(

@@ -60,12 +60,37 @@ def test_choice_questions_list_every_class():
         assert all(c in q.question for c in CLASSES["region"])
 
 
-def test_probe_wordings_never_occur_in_training_wordings():
+@pytest.mark.parametrize("training", ["train", "varied"])
+def test_probe_wordings_never_occur_in_training_wordings(training):
     for task in ("modality", "region"):
         for cls in CLASSES[task]:
-            assert not set(NAMES["probe"][cls]) & set(NAMES["train"][cls])
-        train_templates = {t.split("{")[0] for t in YES_NO_TEMPLATES["train"][task]}
+            assert not set(NAMES["probe"][cls]) & set(NAMES[training][cls])
+            # the added phrasings bring no probe word the original ones did not have ("tomography", "cranium")
+            words = lambda names: {w for n in names for w in n.lower().replace(",", "").split()} - {"a", "an", "the", "or"}  # noqa: E731
+            assert words(NAMES[training][cls]) & words(NAMES["probe"][cls]) <= words(NAMES["train"][cls]), cls
+        train_templates = {t.split("{")[0] for t in YES_NO_TEMPLATES[training][task]}
         assert not train_templates & {t.split("{")[0] for t in YES_NO_TEMPLATES["probe"][task]}
+
+
+def test_varied_wording_extends_the_training_wording():
+    for cls, names in NAMES["train"].items():
+        assert set(names) < set(NAMES["varied"][cls])
+    images = [(_sample([]), c) for c in CLASSES["modality"]] * 20
+    questions = label_questions(images, "modality", style="yesno", wording="varied", seed=1)
+    assert len({q.question for q in questions}) > 4 * len(CLASSES["modality"])
+    assert all(any(n in q.question for n in NAMES["varied"][q.extra["asked"]]) for q in questions)
+
+
+def test_draws_ask_each_image_again_with_other_negatives(tmp_path, write_image):
+    root = _roco(tmp_path, write_image, "train", [(f"t{i}", cui) for i, cui in enumerate(["C0040405", "C0024485"] * 4)])
+    one = read_roco_grounding(root, "train", task="modality")
+    four = read_roco_grounding(root, "train", task="modality", draws=4)
+    assert [q.question for q in four[: len(one)]] == [q.question for q in one]  # the first draw is the old data
+    assert len(four) == 4 * len(one) and majority_share(four) == 0.5
+    negatives = {(q.extra["image_id"], q.extra["asked"]) for q in four if q.answer == "no"}
+    assert len(negatives) > len(one) // 2  # more than one "no" class per image
+    with pytest.raises(ValueError, match="draws=0"):
+        read_roco_grounding(root, "train", draws=0)
 
 
 def test_bad_arguments_are_named():
