@@ -14,6 +14,9 @@ positions, and ``logits`` is None (``answer_logits`` holds the labelled position
 ``full_logits=True`` to get (B, L, V) as well. Frozen image features can be cached:
 ``encode_images`` -> (N, 49, 1280), then ``build_inputs(..., image_features=...)``.
 
+Global token: ``global_token=True`` appends one more image token, the mean of the 49 feature
+vectors through the same projector (the pooled feature a linear probe reads), so 50 image tokens.
+
 Blank-image control: ``blank_images=True`` on ``forward`` / ``generate`` zeroes the image
 features before the projector (same sequence, no visual information).
 
@@ -87,6 +90,7 @@ class MedQwenMini(VisionLanguageModel):
         image_size: int = 224,
         projector_hidden: int | None = None,
         projector_norm: bool | str = False,
+        global_token: bool = False,
         image_token: str = DEFAULT_IMAGE_TOKEN,
         system_prompt: str | None = None,
         model_type: str = "medqwen-mini",
@@ -126,7 +130,9 @@ class MedQwenMini(VisionLanguageModel):
             probe = self.vision.extract_features(torch.zeros(1, 3, image_size, image_size))
         if probe.shape[1] != feature_dim:
             raise ValueError(f"vision features have {probe.shape[1]} channels, expected {feature_dim}")
-        self.num_image_tokens = int(probe.shape[2] * probe.shape[3])
+        self.global_token = bool(global_token)
+        self.num_feature_tokens = int(probe.shape[2] * probe.shape[3])  # what encode_images returns per image
+        self.num_image_tokens = self.num_feature_tokens + int(self.global_token)  # slots in the text
         self._record_base_params()
         self.set_trainable(["projector"])
 
@@ -157,6 +163,7 @@ class MedQwenMini(VisionLanguageModel):
             },
             "image_token": self.image_token,
             "num_image_tokens": self.num_image_tokens,
+            "global_token": self.global_token,
             "image_size": self.image_size,
         }
 
@@ -184,13 +191,13 @@ class MedQwenMini(VisionLanguageModel):
             pixels = preprocess_images(images[i : i + batch_size], self.image_size)
             chunks.append(self._vision_features(pixels).float().cpu())
         if not chunks:
-            return torch.zeros(0, self.num_image_tokens, self.feature_dim)
+            return torch.zeros(0, self.num_feature_tokens, self.feature_dim)
         return torch.cat(chunks)
 
     def _prepare_images(
         self, per_sample: list[list[Image.Image]], image_features: FeaturesArg = None
     ) -> tuple[dict[str, Tensor], list[list[int]]]:
-        t = self.num_image_tokens
+        t, t_features = self.num_image_tokens, self.num_feature_tokens
         if image_features is not None:
             if isinstance(image_features, Tensor):  # (B, T, C): one image per sample
                 feats = [image_features[i : i + 1] for i in range(image_features.shape[0])]
@@ -201,8 +208,8 @@ class MedQwenMini(VisionLanguageModel):
             counts = [[t] * (0 if f is None else f.shape[0]) for f in feats]
             present = [f for f in feats if f is not None and f.shape[0] > 0]
             for f in present:
-                if tuple(f.shape[1:]) != (t, self.feature_dim):
-                    raise ValueError(f"image features must be (n, {t}, {self.feature_dim}), got {tuple(f.shape)}")
+                if tuple(f.shape[1:]) != (t_features, self.feature_dim):
+                    raise ValueError(f"image features must be (n, {t_features}, {self.feature_dim}), got {tuple(f.shape)}")
             return ({"image_features": torch.cat(present)} if present else {}), counts
         flat = [im for sample in per_sample for im in sample]
         counts = [[t] * len(sample) for sample in per_sample]
@@ -225,7 +232,9 @@ class MedQwenMini(VisionLanguageModel):
             if pixel_values is None:
                 raise ValueError("input has image tokens but neither pixel_values nor image_features")
             image_features = self._vision_features(pixel_values)
-        feats = image_features.to(embeds.device, self.mm_projector[0].weight.dtype)
+        feats = image_features.to(embeds.device, self.mm_projector[0].weight.dtype)  # (N, 49, C)
+        if self.global_token:
+            feats = torch.cat([feats, feats.mean(1, keepdim=True)], 1)  # (N, 50, C)
         if feats.shape[0] * feats.shape[1] != n_slots:
             raise ValueError(f"{n_slots} image-token positions but features for {feats.shape[0]} images")
         if blank_images:
@@ -294,6 +303,7 @@ def medqwen_mini(
     system_prompt: str | None = None,
     projector_hidden: int | None = None,
     projector_norm: bool = False,
+    global_token: bool = False,
     seed: int = 0,
 ) -> MedQwenMini:
     """MedQwen-mini from the installed packages (first call converts SmolLM2's GGUF, ~30 s)."""
@@ -309,10 +319,12 @@ def medqwen_mini(
             feature_dim=1280,
             projector_hidden=projector_hidden,
             projector_norm=projector_norm,
+            global_token=global_token,
             system_prompt=system_prompt,
             model_type="medqwen-mini",
             base_config={"name": "medqwen-mini",
-                         "kwargs": {"projector_hidden": projector_hidden, "projector_norm": projector_norm, "seed": seed}},
+                         "kwargs": {"projector_hidden": projector_hidden, "projector_norm": projector_norm, "seed": seed,
+                                    **({"global_token": True} if global_token else {})}},
         )
 
 
@@ -324,6 +336,7 @@ def tiny_mini(
     feature_dim: int = 32,
     projector_hidden: int | None = None,
     projector_norm: bool = False,
+    global_token: bool = False,
     system_prompt: str | None = None,
 ) -> MedQwenMini:
     """MedQwen-mini's architecture at toy size, random and deterministic in ``seed`` (builds in ms).
@@ -358,6 +371,7 @@ def tiny_mini(
         "feature_dim": feature_dim,
         "projector_hidden": projector_hidden,
         "projector_norm": projector_norm,
+        **({"global_token": True} if global_token else {}),
     }
     with seeded(seed):
         vision = TinyConvEncoder(feature_dim)
@@ -369,6 +383,7 @@ def tiny_mini(
             feature_dim=feature_dim,
             projector_hidden=projector_hidden,
             projector_norm=projector_norm,
+            global_token=global_token,
             system_prompt=system_prompt,
             model_type="tiny-mini",
             base_config={"name": "tiny-mini", "kwargs": kwargs},

@@ -237,3 +237,28 @@ def test_batchnorm_projector_keeps_its_statistics_through_save_and_load(gray_ima
         torch.testing.assert_close(model(**batch, full_logits=True).logits, restored(**batch, full_logits=True).logits)
     with pytest.raises(ValueError, match="projector_norm='rms'"):
         tiny_mini(projector_norm="rms")
+
+
+def test_global_token_is_the_projected_mean_feature_and_survives_save_and_load(gray_image, rgb_image, tmp_path):
+    model = tiny_mini(seed=0, global_token=True)
+    assert model.num_image_tokens == 50 and model.num_feature_tokens == 49
+    feats = model.encode_images([gray_image, rgb_image])
+    assert feats.shape == (2, 49, model.feature_dim)  # the cache holds the spatial features only
+    batch = model.build_inputs([gray_image], ["Is there a fracture?"], ["yes"])
+    assert int((batch["input_ids"] == model.image_token_id).sum()) == 50
+    embeds = model.embed_inputs(batch["input_ids"], image_features=feats[:1])
+    slots = embeds[batch["input_ids"] == model.image_token_id]
+    with torch.no_grad():
+        torch.testing.assert_close(slots[-1], model.projector(feats[0].mean(0)))
+        torch.testing.assert_close(slots[:49], model.projector(feats[0]))
+        from_pixels = model(**batch, full_logits=True).logits
+        from_cache = model(**model.build_inputs(None, ["Is there a fracture?"], ["yes"], image_features=feats[:1]), full_logits=True).logits
+    torch.testing.assert_close(from_pixels, from_cache)
+    with pytest.raises(ValueError, match=r"\(n, 49, "):
+        model.build_inputs(None, ["q"], ["a"], image_features=torch.zeros(1, 50, model.feature_dim))
+    model.save_pretrained(tmp_path)
+    restored = load_model(str(tmp_path))
+    assert restored.global_token and restored.num_image_tokens == 50
+    with torch.no_grad():
+        torch.testing.assert_close(from_pixels, restored(**batch, full_logits=True).logits)
+    assert not tiny_mini(seed=0).global_token  # off by default: saved models without the field load as before
