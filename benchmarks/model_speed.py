@@ -43,7 +43,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,9 @@ import torch
 from torch import nn
 
 from sslora import PRESETS, SSLoRAConfig, get_sslora_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helpers when imported from elsewhere
+from speed_tools import machine_info, proc_status_kb, profile_markdown, profile_steps, release_free_heap, rotated  # noqa: E402
 
 VARIANTS = {
     "none": "no adapter",
@@ -238,6 +240,13 @@ def time_training(variants: dict[str, Variant], batch: dict, rounds: int) -> dic
     return {k: {"step_s": statistics.median(t), "all_s": t} for k, t in times.items()}
 
 
+def profile_training(variants: dict[str, Variant], batch: dict, rounds: int, top: int = 15) -> dict:
+    """Self CPU time per op of each variant's training step (speed_tools.profile_steps)."""
+    for variant in variants.values():
+        variant.runner.train()
+    return profile_steps({key: (lambda v=v: train_step(v, batch)) for key, v in variants.items()}, rounds, top)
+
+
 def time_generation(variants: dict[str, Variant], generate, batches: list[int], new_tokens: int, rounds: int) -> dict:
     for v in variants.values():
         v.runner.eval()
@@ -270,69 +279,7 @@ def time_generation(variants: dict[str, Variant], generate, batches: list[int], 
     return out
 
 
-def profile_training(variants: dict[str, Variant], batch: dict, rounds: int, top: int = 15) -> dict:
-    """torch.profiler over `rounds` training steps per variant (after one warm-up): self CPU time per
-    op, so that SSLoRA's extra time can be attributed (router products, softmax/top-k, balance loss)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    out = {}
-    for key, variant in variants.items():
-        variant.runner.train()
-        train_step(variant, batch)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(rounds):
-                train_step(variant, batch)
-        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-        total = sum(e.self_cpu_time_total for e in events) / 1e6 / rounds
-        out[key] = {
-            "step_s_profiled": total,
-            "ops": [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6 / rounds, "calls": e.count // rounds}
-                    for e in events[:top]],
-        }
-        print(f"  profile {VARIANTS[key]}: {total:.3f} s of ops per step", flush=True)
-    return out
-
-
-def profile_markdown(profiles: dict, reference: str = "peft_lora") -> str:
-    """Ops ranked by how much more self time per step they take than in the reference variant."""
-    lines = []
-    ref = {o["op"]: o for o in profiles.get(reference, {}).get("ops", [])}
-    for key, prof in profiles.items():
-        if key == reference:
-            continue
-        lines += [f"**{VARIANTS[key]}** vs {VARIANTS[reference]}: {prof['step_s_profiled']:.3f} s vs "
-                  f"{profiles[reference]['step_s_profiled']:.3f} s of ops per step", "",
-                  "| op | self s/step | calls/step | reference s/step | reference calls |", "|---|---:|---:|---:|---:|"]
-        for op in prof["ops"]:
-            r = ref.get(op["op"], {})
-            lines.append(f"| {op['op']} | {op['self_s']:.3f} | {op['calls']} | "
-                         f"{r.get('self_s', 0):.3f} | {r.get('calls', 0)} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------------------------------- memory
-def _proc_status_kb(field_name: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _release_free_heap() -> None:
-    """Hand memory freed during construction (SVD init, loading) back to the OS, so that the RSS
-    before the first step is the live memory and the step's increase is not hidden by heap reuse."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def child_memory(model_name: str, key: str, args) -> dict:
     """In a fresh process: build the variant, then peak RSS over 2 training steps."""
     variant = build_mini(key) if model_name == "mini" else build_stack(key, args.quick)
@@ -342,8 +289,8 @@ def child_memory(model_name: str, key: str, args) -> dict:
         for tensor in [*variant.runner.parameters(), *variant.runner.buffers()]:  # them all now, so the
             tensor.sum()  # step's increase holds no weight pages (SSLoRA's init hashes them anyway)
     gc.collect()
-    _release_free_heap()
-    before = _proc_status_kb("VmRSS")
+    release_free_heap()
+    before = proc_status_kb("VmRSS")
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         method = "VmHWM after clear_refs reset"
@@ -351,7 +298,7 @@ def child_memory(model_name: str, key: str, args) -> dict:
         method = "VmHWM since process start (clear_refs unavailable: includes model construction)"
     for _ in range(2):
         train_step(variant, batch)
-    peak = _proc_status_kb("VmHWM")
+    peak = proc_status_kb("VmHWM")
     if before is None or peak is None:
         return {"method": "unavailable (no /proc)"}
     return {"peak_rss_mb": peak / 1024, "step_increase_mb": (peak - before) / 1024, "rss_before_mb": before / 1024, "method": method}
@@ -374,11 +321,6 @@ def measure_memory(model_name: str, keys: list[str], args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- processes
-def _rotated(keys: list[str], shift: int) -> list[str]:
-    shift %= len(keys)
-    return keys[shift:] + keys[:shift]
-
-
 def training_over_processes(model_name: str, keys: list[str], args) -> dict:
     """Training steps timed in `args.processes` fresh processes, each building every variant (in a
     rotated order) and running interleaved rounds. The same variant's median moved by ~10% from one
@@ -405,21 +347,6 @@ def training_over_processes(model_name: str, keys: list[str], args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- report
-def machine_info() -> dict:
-    from init_speed import cpu_name  # the sibling benchmark script (this folder is on sys.path when run)
-
-    return {
-        "cpu": cpu_name(),
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
 def _ratio(value, reference) -> str:
     return f"{value / reference:.2f}x" if value is not None and reference else "—"
 
@@ -467,7 +394,7 @@ def run_model(model_name: str, args) -> dict:
     print(f"[{model_name}] building {len(keys)} variants", flush=True)
     variants: dict[str, Variant] = {}
     # the stack's variants read the weights of "none" (never modified), so it is built first
-    order = _rotated(keys, args.child_rotation or 0) if model_name == "mini" else keys[:1] + _rotated(keys[1:], args.child_rotation or 0)
+    order = rotated(keys, args.child_rotation or 0) if model_name == "mini" else keys[:1] + rotated(keys[1:], args.child_rotation or 0)
     for key in order:
         if model_name == "mini":
             variants[key] = build_mini(key)
@@ -490,7 +417,7 @@ def run_model(model_name: str, args) -> dict:
         print(f"[{model_name}] profiling training steps", flush=True)
         batch = train_batch(model_name, variants["none"].model, args)
         result["profile"] = profile_training(variants, batch, min(args.rounds, 3))
-        print(profile_markdown(result["profile"]), flush=True)
+        print(profile_markdown(result["profile"], VARIANTS, "peft_lora"), flush=True)
     del variants
     gc.collect()
     return result

@@ -16,7 +16,7 @@ spec.loader.exec_module(bench)
 def test_rotation_covers_every_variant_once():
     keys = list(bench.VARIANTS)
     for shift in range(len(keys) + 2):
-        order = bench._rotated(keys, shift)
+        order = bench.rotated(keys, shift)
         assert sorted(order) == sorted(keys) and order[0] == keys[shift % len(keys)]
 
 
@@ -30,5 +30,5 @@ def test_profile_finds_the_routing_ops_only_in_sslora(tmp_path, monkeypatch):
     assert ops["sslora"].get("aten::topk", 0) > 0 and "aten::topk" not in ops["peft_lora"]
     assert ops["sslora"].get("_BalanceLoss", 0) > 0  # 2 blocks x 7 projections, one per layer call
     assert all(p["step_s_profiled"] > 0 for p in profiles.values())
-    table = bench.profile_markdown(profiles)
+    table = bench.profile_markdown(profiles, bench.VARIANTS, "peft_lora")
     assert "**SSLoRA 2-of-8 r=32** vs PEFT LoRA r=32" in table and "| aten::topk |" in table
