@@ -16,6 +16,9 @@ cosine (do different images give different tokens?). One process, constant lr af
     python benchmarks/grounding_diagnostics.py --data-root ../shared/data --tag I_lora16_300 --steps 300 --lora 16 --lora-lr 1e-3
     # can the frozen language model answer at all when the modality is *written* in the question?
     python benchmarks/grounding_diagnostics.py --data-root ../shared/data --oracle
+    # a trained model's modality yes/no on the valid images, names and question forms crossed
+    # (alignment vs held-out probe phrasings): which part of a new wording does it fail on?
+    python benchmarks/grounding_diagnostics.py --data-root ../shared/data --wording-split runs/.../final --tag split_default
 
 Results: benchmarks/results/grounding_diagnostics/<tag>.json (oracle.json).
 """
@@ -150,6 +153,30 @@ def train(args) -> dict:
             "n": {"val_yesno": len(val_yesno), "val_choice": len(val_choice), "train_yesno": len(train_yesno)}}
 
 
+def wording_split(args) -> dict:
+    """Modality yes/no on the valid images with the names and question templates of the alignment
+    data ("train") and of the held-out probe wording ("probe") crossed: acc / blank per combination."""
+    from medqwen.data import grounding
+    from medqwen.data.grounding import NAMES, YES_NO_TEMPLATES, read_roco_grounding
+    from medqwen.models import load_model
+    from medqwen.training.batches import FeatureCache
+
+    model = load_model(str(Path(args.wording_split) / "model"))
+    cache = FeatureCache(model)
+    roco = Path(args.data_root) / "rocov2_sample"
+    grounding.WORDINGS = (*grounding.WORDINGS, "split")
+    result = {"model": args.wording_split}
+    for names in ("train", "probe"):
+        for templates in ("train", "probe"):
+            NAMES["split"], YES_NO_TEMPLATES["split"] = NAMES[names], YES_NO_TEMPLATES[templates]
+            questions = list(read_roco_grounding(roco, "val", task="modality", style="yesno", wording="split"))
+            key = f"names_{names}+templates_{templates}"
+            result[key] = {"acc": accuracy(model, questions, cache), "blank_acc": accuracy(model, questions, cache, blank=True),
+                           "n": len(questions)}
+            print(key, result[key], flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", required=True)
@@ -163,8 +190,9 @@ def main() -> None:
     parser.add_argument("--lora-lr", type=float, default=3e-4)
     parser.add_argument("--eval-n", type=int, default=96)
     parser.add_argument("--oracle", action="store_true", help="frozen model with the modality written in the question")
+    parser.add_argument("--wording-split", metavar="MODEL_DIR", help="a trained model folder: names x templates (see wording_split)")
     args = parser.parse_args()
-    result = oracle(args) if args.oracle else train(args)
+    result = oracle(args) if args.oracle else wording_split(args) if args.wording_split else train(args)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{'oracle' if args.oracle else args.tag}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result), flush=True)
