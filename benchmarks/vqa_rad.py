@@ -31,6 +31,8 @@ RESULTS = HERE / "results"
 RUNS = RESULTS / "vqa_rad_runs"
 RECIPE = CONFIGS / "experiments" / "recipe.yaml"  # the default recipe before task training
 METHODS = {"zero_shot": None, "lora": "vqa_rad_stage3_lora.yaml", "sslora": "vqa_rad_stage3_sslora.yaml"}
+ABLATIONS = {"sslora_lr1e-3": "vqa_rad_stage3_sslora_lr1e-3.yaml"}  # run only when named with --only
+STAGE_CONFIGS = {**METHODS, **ABLATIONS}
 COMMAND = "python benchmarks/vqa_rad.py --data-root ../shared/data"
 
 
@@ -68,8 +70,8 @@ def run_method(method: str, seed: int, data_root: str, work: Path, eval_limit: i
     model = load_model(str(stage2 / "model"))
     trainer = Trainer(model, output_dir=run_dir, seed=seed)
     result = {"method": method, "seed": seed, "steps": 0, "epochs": 0.0, "trainable_params": 0, "s_per_step": None}
-    if METHODS[method] is not None:
-        stage = load_stage(CONFIGS / "benchmarks" / METHODS[method], {"data_root": data_root})
+    if STAGE_CONFIGS[method] is not None:
+        stage = load_stage(CONFIGS / "benchmarks" / STAGE_CONFIGS[method], {"data_root": data_root})
         samples = load_data(stage.data, seed)
         trainer.run_stage(stage, samples, resume=True)
         metrics = [json.loads(line) for line in open(run_dir / stage.name / "metrics.jsonl")]
@@ -112,7 +114,7 @@ def closed_rank_scores(model, test: list, cache) -> dict:
 def summarize(runs: list[dict]) -> dict:
     """Per method: means and sample std over seeds of the headline scores (std 0 for one seed)."""
     out = {}
-    for method in METHODS:
+    for method in STAGE_CONFIGS:
         mine = sorted((r for r in runs if r["method"] == method), key=lambda r: r["seed"])
         if not mine:
             continue
@@ -176,7 +178,7 @@ def main():
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--work", default="runs/bench_vqa_rad")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--only", choices=list(METHODS) + ["prepare"])
+    parser.add_argument("--only", choices=list(STAGE_CONFIGS) + ["prepare"], help="one method (ablations run only so)")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate a seeded subsample (default: all 451)")
     args = parser.parse_args()
     work = Path(args.work)
