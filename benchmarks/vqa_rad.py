@@ -49,12 +49,42 @@ def prepare(data_root: str, work: Path) -> Path:
 
     config = load_experiment(RECIPE, {"data_root": data_root})
     final = work / "recipe" / config.stages[-1].name / "final"
-    if (final / "stage_done.json").is_file():
-        return final
-    trainer = Trainer(build_model(config), output_dir=work / "recipe", seed=config.seed)
-    for stage in config.stages:
-        trainer.run_stage(stage, load_data(stage.data, config.seed), resume=True)
+    trained = not (final / "stage_done.json").is_file()
+    if trained:
+        trainer = Trainer(build_model(config), output_dir=work / "recipe", seed=config.seed)
+        for stage in config.stages:
+            trainer.run_stage(stage, load_data(stage.data, config.seed), resume=True)
+    record_build(final, trained)
     return final
+
+
+def model_fingerprint(final: Path) -> str:
+    """Which build of the recipe a run started from (medqwen.models.weights_sha256 of final/model)."""
+    from medqwen.models import weights_sha256
+
+    return weights_sha256(final / "model")
+
+
+def record_build(final: Path, trained_here: bool) -> str:
+    """Note the recipe model's fingerprint in results/recipe_builds.json. Trained again (a new machine
+    or thread count), the recipe gives a slightly different model: runs say which one they used."""
+    import datetime
+    import os
+
+    import torch
+
+    builds_file = RESULTS / "recipe_builds.json"
+    builds = json.loads(builds_file.read_text()) if builds_file.is_file() else []
+    sha = model_fingerprint(final)
+    if not any(b["sha256"] == sha for b in builds):
+        done = json.loads((final / "stage_done.json").read_text())
+        build = {"sha256": sha, "recorded": datetime.date.today().isoformat(), "last_step_loss": done.get("loss")}
+        if trained_here:  # the settings it was trained with (a model found on disk: unknown)
+            build.update(threads=torch.get_num_threads(), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS"))
+        builds.append(build)
+        _write_json(builds_file, builds)
+        print(f"recipe model {sha[:12]}: a build not seen before (results/recipe_builds.json)", flush=True)
+    return sha
 
 
 def run_method(method: str, seed: int, data_root: str, work: Path, eval_limit: int | None) -> dict:
@@ -69,7 +99,8 @@ def run_method(method: str, seed: int, data_root: str, work: Path, eval_limit: i
     run_dir = work / f"{method}_seed{seed}"
     model = load_model(str(stage2 / "model"))
     trainer = Trainer(model, output_dir=run_dir, seed=seed)
-    result = {"method": method, "seed": seed, "steps": 0, "epochs": 0.0, "trainable_params": 0, "s_per_step": None}
+    result = {"method": method, "seed": seed, "steps": 0, "epochs": 0.0, "trainable_params": 0, "s_per_step": None,
+              "base_model_sha256": model_fingerprint(stage2)}
     if STAGE_CONFIGS[method] is not None:
         stage = load_stage(CONFIGS / "benchmarks" / STAGE_CONFIGS[method], {"data_root": data_root})
         samples = load_data(stage.data, seed)

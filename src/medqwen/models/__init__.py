@@ -19,7 +19,7 @@ from typing import Any
 from .base import IGNORE_INDEX, IMAGE_MARKER, VisionLanguageModel, VLMOutput
 from .mini import MedQwenMini, medqwen_mini, preprocess_images, tiny_mini
 from .qwen_vl import QwenVL, load_qwen2_5_vl, tiny_qwen2_5_vl
-from .saving import CONFIG_NAME
+from .saving import CONFIG_NAME, weights_sha256
 
 __all__ = [
     "CONFIG_NAME",
@@ -34,6 +34,7 @@ __all__ = [
     "load_qwen2_5_vl",
     "medqwen_mini",
     "preprocess_images",
+    "weights_sha256",
     "tiny_mini",
     "tiny_qwen2_5_vl",
 ]

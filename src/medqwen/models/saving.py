@@ -109,3 +109,20 @@ def load_groups(model: VisionLanguageModel, load_dir: str | Path, strict: bool =
                 p.copy_(tensor.to(p.dtype))
     model.system_prompt = config.get("system_prompt")
     return config
+
+
+def weights_sha256(model_dir: str | Path) -> str:
+    """sha256 over a saved model folder's weight files (``*.safetensors``, in name order): which
+    build of a model a run started from (the same recipe trained on another machine differs)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir}: no *.safetensors weights to fingerprint")
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()

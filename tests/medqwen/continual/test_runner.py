@@ -189,6 +189,15 @@ def test_start_from_a_saved_model_folder(tmp_path):
     config = SequenceConfig(name="s", tasks=[], method=MethodConfig(name="m", trainable=["projector"]), start_from=str(tmp_path / "final"))
     model = build_model(config)
     assert all((a == b).all() for a, b in zip(model.trainable_groups()["projector"], saved.trainable_groups()["projector"]))
+    from medqwen.continual.runner import run_info
+    from medqwen.models import weights_sha256
+
+    sha = run_info(config)["model_sha256"]  # which build of the starting model the run used
+    assert sha == weights_sha256(tmp_path / "final" / "model") and len(sha) == 64
+    tiny_mini(seed=4).save_pretrained(tmp_path / "other")
+    assert weights_sha256(tmp_path / "other") != sha
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+        weights_sha256(tmp_path)
     (tmp_path / "final" / "adapter").mkdir()
     with pytest.raises(ValueError, match="holds an adapter"):
         build_model(config)
