@@ -211,12 +211,13 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", choices=list(STAGE_CONFIGS) + ["prepare"], help="one method (ablations run only so)")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate a seeded subsample (default: all 451)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # internal: one run, result on stdout
     args = parser.parse_args()
     work = Path(args.work)
     if args.only == "prepare":
         print(prepare(args.data_root, work))
         return
-    if args.only and len(args.seeds) == 1:  # child process: one run, result on stdout
+    if args.child:  # one run in its own process (its own peak memory), result on stdout
         print("RESULT " + json.dumps(run_method(args.only, args.seeds[0], args.data_root, work, args.eval_limit)), flush=True)
         return
     subprocess.run([sys.executable, __file__, "--data-root", args.data_root, "--work", str(work), "--only", "prepare"], check=True)
@@ -228,7 +229,7 @@ def main():
             if target.is_file():
                 continue
             cmd = [sys.executable, __file__, "--data-root", args.data_root, "--work", str(work), "--only", method,
-                   "--seeds", str(seed)] + (["--eval-limit", str(args.eval_limit)] if args.eval_limit else [])
+                   "--seeds", str(seed), "--child"] + (["--eval-limit", str(args.eval_limit)] if args.eval_limit else [])
             out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
             _write_json(target, json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
             runs = [json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))]
