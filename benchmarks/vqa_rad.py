@@ -17,6 +17,7 @@ goes to benchmarks/results/vqa_rad.json; the stage-3 models' grounding probe sco
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -58,6 +59,7 @@ def prepare(data_root: str, work: Path) -> Path:
     return final
 
 
+@functools.lru_cache(maxsize=None)  # prepare() and run_method() ask for the same 540 MB file
 def model_fingerprint(final: Path) -> str:
     """Which build of the recipe a run started from (medqwen.models.weights_sha256 of final/model)."""
     from medqwen.models import weights_sha256

@@ -108,17 +108,18 @@ CHOICE_NAMES = {  # the answer strings of multiple-choice questions (and of the 
 CHOICE_TEMPLATES = {
     "train": {"modality": "Which imaging modality is this: {options}?", "region": "Which body region is shown: {options}?"},
     "probe": {"modality": "Name the imaging technique ({options}).", "region": "Name the part of the body in view ({options})."},
-    "varied": {"modality": ["Which imaging modality is this: {options}?",
-                            "What kind of scan is this: {options}?", "Was this image made by {options}?",
-                            "Is this image {options}?"],
-               "region": ["Which body region is shown: {options}?", "What part of the body is imaged: {options}?",
-                          "Where in the body is this: {options}?", "Does this image show {options}?"]},
+}
+CHOICE_TEMPLATES["varied"] = {
+    "modality": [CHOICE_TEMPLATES["train"]["modality"],
+                 "What kind of scan is this: {options}?", "Was this image made by {options}?", "Is this image {options}?"],
+    "region": [CHOICE_TEMPLATES["train"]["region"],
+               "What part of the body is imaged: {options}?", "Where in the body is this: {options}?", "Does this image show {options}?"],
 }
 OPEN_TEMPLATES = {  # open questions: no options listed; the answer is the class name
     "train": {"modality": "What imaging modality was used?", "region": "What part of the body is shown?"},
     "probe": {"modality": "How was this image acquired?", "region": "Which anatomical region is imaged?"},
-    "varied": {"modality": "What imaging modality was used?", "region": "What part of the body is shown?"},
 }
+OPEN_TEMPLATES["varied"] = OPEN_TEMPLATES["train"]
 CLASSES = {"modality": ["ct", "x-ray", "mri", "ultrasound", "angiography"], "region": ["chest", "head", "abdomen", "limb"]}
 
 
