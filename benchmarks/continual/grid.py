@@ -9,8 +9,9 @@
     python benchmarks/continual/grid.py --data-root ../shared/data --smoke --methods lora sslora --seeds 0
 
 Every run is `medqwen continual <sequence> --method M --seed S --output-dir <work>/<M>/seed<S>` in a
-subprocess (log: <run dir>/log.txt). A run whose results.json exists is skipped; an unfinished one
-resumes where it stopped (finished tasks are not redone, a task resumes from its newest checkpoint).
+subprocess (log: <run dir>/log.txt). A run whose results.json exists is skipped, and so is one recorded in the
+records folder (default benchmarks/results/continual_runs/<method>_seed<k>.json: each finished run's results.json
+is copied there, so a committed record outlives the scratch run folder); an unfinished one resumes where it stopped (finished tasks are not redone, a task resumes from its newest checkpoint).
 A run holds <run dir>/grid.lock (the grid's pid) while it trains: a second grid command started beside
 the first (one per core) skips the runs the first holds and takes the next ones; a lock whose process
 is gone is taken over.
@@ -121,15 +122,43 @@ def take_lock(run_dir: Path) -> int | None:
     raise RuntimeError(f"could not take {lock}")
 
 
+def run_name(method: str) -> str:
+    """A method given as a YAML path runs and is recorded under the file's stem."""
+    return Path(method).stem if method.endswith((".yaml", ".yml")) else method
+
+
+def record_path(args, method: str, seed: int) -> Path:
+    return args.records / f"{run_name(method)}_seed{seed}.json"
+
+
+def check_done(args, method: str, seed: int, result: Path) -> bool:
+    if not result.is_file():
+        return False
+    found = json.loads(result.read_text()).get("fingerprint")
+    if found != expected_fingerprint(args, method, seed):
+        raise SystemExit(f"{result} is a run of another configuration (fingerprint {found}): use another --work "
+                         "and --records folder")
+    return True
+
+
+def keep_record(args, method: str, seed: int) -> None:
+    """Copy a finished run's results.json into the records folder (the run folder is scratch)."""
+    from medqwen.continual.io import write_json
+
+    finished = args.work / run_name(method) / f"seed{seed}" / "results.json"
+    if finished.is_file():
+        write_json(record_path(args, method, seed), json.loads(finished.read_text()))
+
+
 def run_one(args, method: str, seed: int) -> str:
     """'done' (skipped), 'ok', 'running in pid N' (another grid holds it) or 'failed (exit N)'."""
-    out = args.work / method / f"seed{seed}"
-    result = out / "results.json"
-    if result.is_file():
-        found = json.loads(result.read_text()).get("fingerprint")
-        if found != expected_fingerprint(args, method, seed):
-            raise SystemExit(f"{result} is a run of another configuration (fingerprint {found}): use another --work folder")
+    out = args.work / run_name(method) / f"seed{seed}"
+    if check_done(args, method, seed, out / "results.json"):
+        if not args.dry_run and not record_path(args, method, seed).is_file():
+            keep_record(args, method, seed)
         return "done"
+    if check_done(args, method, seed, record_path(args, method, seed)):
+        return "done (recorded)"
     cmd = command(args, method, seed, out)
     print(f"[{datetime.datetime.now():%H:%M:%S}] run {method} seed {seed}: {' '.join(cmd)}", flush=True)
     if args.dry_run:
@@ -145,6 +174,8 @@ def run_one(args, method: str, seed: int) -> str:
             code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     finally:
         (out / "grid.lock").unlink(missing_ok=True)
+    if code == 0:
+        keep_record(args, method, seed)
     return "ok" if code == 0 else f"failed (exit {code}, see {out / 'log.txt'})"
 
 
@@ -171,20 +202,23 @@ def summarize_method(runs: dict[int, dict], planned: list[int]) -> dict:
     }
     out["runs"] = {str(s): {"R": runs[s]["R"], "blank_own": runs[s]["blank_own"], "R_gold_logprob": runs[s].get("R_gold_logprob"),
                             "metrics": {k: runs[s]["metrics"][k] for k in ("forgetting", "final_avg", "bwt", "fwt", "learning_acc")},
-                            "s_per_step": runs[s]["s_per_step"], "dir": runs[s].get("output_dir")} for s in seeds}
+                            "s_per_step": runs[s]["s_per_step"], "dir": runs[s].get("output_dir"),
+                            "start_model": runs[s]["model"], "start_model_sha256": runs[s].get("model_sha256")} for s in seeds}
     return out
 
 
 def aggregate(args, runs_planned: list[tuple[str, int]]) -> dict:
     planned: dict[str, list[int]] = {}
+    given = {run_name(method): method for method, _ in runs_planned}  # a run's name -> the method as given
     for method, seed in runs_planned:
-        planned.setdefault(method, []).append(seed)
+        planned.setdefault(run_name(method), []).append(seed)
     found: dict[str, dict[int, dict]] = {}
-    for result in sorted(args.work.glob("*/seed*/results.json")):
+    # records first, then run folders: a run folder's results.json is the same run, or a newer one not yet recorded
+    for result in sorted(args.records.glob("*_seed*.json")) + sorted(args.work.glob("*/seed*/results.json")):
         data = json.loads(result.read_text())
         method, seed = data["method"]["name"], int(data["seed"])
         try:
-            expected = expected_fingerprint(args, method, seed)
+            expected = expected_fingerprint(args, given.get(method, method), seed)
         except Exception as err:  # a method file that no longer exists, ...
             expected = f"unknown ({err})"
         if data.get("fingerprint") != expected:
@@ -199,7 +233,7 @@ def aggregate(args, runs_planned: list[tuple[str, int]]) -> dict:
         "sequence": {"name": first["sequence"], "file": str(Path(first["source"]).resolve().relative_to(REPO))
                      if Path(first["source"]).resolve().is_relative_to(REPO) else first["source"],
                      "tasks": first["tasks"], "variables": first.get("variables"), "R_rows": first["R_rows"]},
-        "base_model": first["model"],
+        "base_model": first["model"],  # each run's own (and its weights' sha256): runs[seed]["start_model*"]
         "scorers": {t["name"]: t["scorer"] for t in first["tasks"]},
         "smoke": bool(args.smoke), "limits": limits(args),
         "generated": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -298,15 +332,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-train", type=int)
     parser.add_argument("--max-eval", type=int)
     parser.add_argument("--work", type=Path, help="run folders (default runs/continual, smoke: runs/continual_smoke)")
-    parser.add_argument("--results", type=Path, help="aggregate file (default benchmarks/results/continual[_smoke].json)")
+    parser.add_argument("--records", type=Path, help="one results.json per finished run, kept (default "
+                        "benchmarks/results/continual_runs for the default --work, else <work>/records)")
+    parser.add_argument("--results", type=Path, help="aggregate file (default benchmarks/results/continual.json; smoke: "
+                        "continual_smoke.json; another --work: <work>/continual.json)")
     parser.add_argument("--aggregate-only", action="store_true", help="only aggregate the finished runs")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
+    default_work = args.work is None and not args.smoke
     args.work = (args.work or REPO / "runs" / ("continual_smoke" if args.smoke else "continual")).resolve()
+    # the committed records belong to the default grid; another --work (other variables) keeps its own
+    args.records = (args.records or (RESULTS / "continual_runs" if default_work else args.work / "records")).resolve()
     # absolute paths: the runs start in the repository folder, and the fingerprint includes the data paths
     args.data_root, args.sequence = args.data_root.resolve(), args.sequence.resolve()
     args.base_model_dir = args.base_model_dir.resolve() if args.base_model_dir else None
-    args.results = args.results or RESULTS / ("continual_smoke.json" if args.smoke else "continual.json")
+    args.results = args.results or (RESULTS / "continual.json" if default_work else
+                                    RESULTS / "continual_smoke.json" if args.smoke else args.work / "continual.json")
     runs = plan(args.group, args.methods, args.seeds)
     status = {}
     if not args.aggregate_only:

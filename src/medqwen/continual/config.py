@@ -96,10 +96,14 @@ class SequenceConfig:
     source: str = ""  # the file it was read from
 
     def fingerprint(self) -> str:
-        """A hash of everything that changes the results (not output_dir/source/keep_checkpoints)."""
+        """A hash of everything that changes the results (not output_dir/source/keep_checkpoints).
+
+        ``start_from`` counts only as set or not: a path does not identify weights (a rebuilt recipe lands in the
+        same folder; a moved one in another), so runs record the starting weights' sha256 beside the fingerprint."""
         data = asdict(self)
         for key in ("output_dir", "source", "keep_checkpoints", "variables"):
             data.pop(key)
+        data["start_from"] = data["start_from"] is not None
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -133,7 +137,13 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--var {item!r}: expected NAME=VALUE")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        parsed = yaml.safe_load(value) if value.strip() else None
+        if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" (no dot) as text; a user means the number
+            try:
+                parsed = float(parsed) if parsed.strip().lower() not in ("nan", "inf", "-inf", "infinity") else parsed
+            except ValueError:
+                pass
+        out[key.strip()] = parsed
     return out
 
 

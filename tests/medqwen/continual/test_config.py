@@ -10,22 +10,23 @@ from medqwen.training import ConfigError
 REPO = Path(__file__).resolve().parents[3]
 BENCH = REPO / "benchmarks" / "continual"
 METHODS = sorted((BENCH / "methods").glob("*.yaml")) + sorted((BENCH / "ablations").glob("*.yaml"))
-SEQUENCES = sorted(p for p in BENCH.glob("*.yaml"))
+VARIANT_METHODS = sorted((BENCH / "variants").glob("*.yaml"))
+SEQUENCES = sorted(p for p in BENCH.glob("*.yaml") if p.name != "variants.yaml")
 
 
 def test_every_shipped_yaml_is_covered():
     shipped = sorted(BENCH.rglob("*.yaml"))
-    assert shipped == sorted(METHODS + SEQUENCES)
+    assert shipped == sorted(METHODS + VARIANT_METHODS + SEQUENCES + [BENCH / "variants.yaml"])
     assert {p.stem for p in (BENCH / "methods").glob("*.yaml")} == {"lora", "pissa", "milora", "moelora", "sslora", "full_ft"}
     names = [load_method(p).name for p in METHODS]
     assert len(names) == len(set(names)) and names == [p.stem for p in METHODS]  # --method NAME finds the file
 
 
-@pytest.mark.parametrize("path", METHODS, ids=lambda p: str(p.relative_to(BENCH)))
+@pytest.mark.parametrize("path", METHODS + VARIANT_METHODS, ids=lambda p: str(p.relative_to(BENCH)))
 def test_every_method_parses_with_every_sequence(path):
     method = load_method(path)
     for sequence in SEQUENCES:
-        config = load_sequence(sequence, data_root="/data", method=path.stem)
+        config = load_sequence(sequence, data_root="/data", method=path.stem if path in METHODS else path)
         assert config.method == method
     if method.adapter is not None:
         from medqwen.training import adapter_config
@@ -106,3 +107,35 @@ def test_unknown_method_and_variable_overrides(tmp_path):
         load_sequence(path, method="nope")
     with pytest.raises(ConfigError, match="expected NAME=VALUE"):
         parse_overrides(["n"])
+    # "1e-3" is text to YAML 1.1 (it wants a dot); on the command line it is the number
+    assert parse_overrides(["lr=1e-3", "a=1.0e-3", "b=null", "c=yes", "d=glioma", "e=nan"]) == {
+        "lr": 1e-3, "a": 1e-3, "b": None, "c": True, "d": "glioma", "e": "nan"}
+
+
+def test_the_point7_variants_file_parses_into_sequences():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("continual_variants", BENCH / "variants.py")
+    variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variants)
+    loaded = variants.load_variants(BENCH / "variants.yaml")
+    assert loaded["variants"] and isinstance(loaded["seed"], int)
+    for variant in loaded["variants"]:
+        config = load_sequence(BENCH / "sequence.yaml", data_root="/data", method=variant["method"], overrides=variant["var"])
+        if "lr" in variant["var"]:
+            assert all(t.lr == variant["var"]["lr"] for t in config.tasks)
+
+
+def test_a_bad_variants_file_names_the_entry(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("continual_variants", BENCH / "variants.py")
+    variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variants)
+    path = tmp_path / "v.yaml"
+    path.write_text("variants:\n  - {name: a, method: lora}\n  - {name: a, method: sslora}\n")
+    with pytest.raises(SystemExit, match=r"v.yaml: variants\[1\]: name 'a' used twice"):
+        variants.load_variants(path)
+    path.write_text("variants:\n  - {name: a, metod: lora}\n")
+    with pytest.raises(SystemExit, match=r"variants\[0\]: expected \{name, method, var \(optional\)\}"):
+        variants.load_variants(path)

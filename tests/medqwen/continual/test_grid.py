@@ -43,7 +43,8 @@ def setup(tmp_path):
     sequence = tmp_path / "seq.yaml"
     sequence.write_text(SEQUENCE)
     args = grid.argparse.Namespace(sequence=sequence, data_root=tmp_path, var=None, base_model_dir=None, smoke=False,
-                                   max_steps=None, max_train=None, max_eval=None, work=tmp_path / "work", dry_run=True)
+                                   max_steps=None, max_train=None, max_eval=None, work=tmp_path / "work",
+                                   records=tmp_path / "records", dry_run=True)
     return args
 
 
@@ -94,6 +95,33 @@ def test_finished_runs_are_skipped_and_foreign_runs_refused(setup, capsys):
     assert grid.aggregate(args, [("m1", 0)]) == {}  # left out of the aggregate too
 
 
+def test_a_recorded_run_counts_without_its_run_folder(setup):
+    """Run folders are scratch (lost with a machine); the records folder keeps each finished run."""
+    args = setup
+    _fake_run(args, "m1", 0, [[0.5, 0.5], [0.8, 0.5], [0.4, 0.9]])
+    args.dry_run = False
+    assert grid.run_one(args, "m1", 0) == "done" and grid.record_path(args, "m1", 0).is_file()  # recorded on the way
+    import shutil
+
+    shutil.rmtree(args.work)
+    assert grid.run_one(args, "m1", 0) == "done (recorded)"
+    assert grid.aggregate(args, [("m1", 0)])["m1"]["runs"]["0"]["R"] == [[0.5, 0.5], [0.8, 0.5], [0.4, 0.9]]
+    args.max_steps = 1  # another configuration: a record of it is refused like a run folder
+    with pytest.raises(SystemExit, match="is a run of another configuration"):
+        grid.run_one(args, "m1", 0)
+
+
+def test_the_start_model_counts_as_given_not_by_its_path(setup):
+    """A rebuilt or moved recipe keeps the configuration; runs record the weights' sha256 instead."""
+    args = setup
+    args.base_model_dir = Path("/somewhere/final")
+    first = grid.expected_fingerprint(args, "m1", 0)
+    args.base_model_dir = Path("/elsewhere/final")
+    assert grid.expected_fingerprint(args, "m1", 0) == first
+    args.base_model_dir = None
+    assert grid.expected_fingerprint(args, "m1", 0) != first
+
+
 def test_a_run_held_by_a_live_grid_is_skipped_and_a_stale_lock_taken_over(setup, monkeypatch):
     import os
     import subprocess
@@ -116,8 +144,10 @@ def test_a_run_held_by_a_live_grid_is_skipped_and_a_stale_lock_taken_over(setup,
     def fake_call(cmd, **kwargs):
         launched.append(cmd)
         assert (out / "grid.lock").read_text() == str(os.getpid())  # held while the run goes
+        (out / "results.json").write_text(json.dumps({"fingerprint": "x", "R": [[0.5]]}))  # the run finished
         return 0
 
     monkeypatch.setattr(grid.subprocess, "call", fake_call)
     assert grid.run_one(args, "m2", 0) == "ok"  # the dead holder's lock is taken over
     assert len(launched) == 1 and not (out / "grid.lock").exists()  # released afterwards
+    assert json.loads(grid.record_path(args, "m2", 0).read_text())["R"] == [[0.5]]  # and the finished run recorded
