@@ -6,11 +6,12 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))  # model_speed imports its sibling init_speed
+sys.path.insert(0, str(REPO / "benchmarks"))  # model_speed imports its siblings speed_models, speed_tools
 spec = importlib.util.spec_from_file_location("model_speed", REPO / "benchmarks" / "model_speed.py")
 bench = importlib.util.module_from_spec(spec)
 sys.modules["model_speed"] = bench  # its dataclasses look their module up
 spec.loader.exec_module(bench)
+import speed_models  # noqa: E402  (the variants and inputs model_speed times)
 
 
 def test_rotation_covers_every_variant_once():
@@ -24,7 +25,7 @@ def test_profile_finds_the_routing_ops_only_in_sslora(tmp_path, monkeypatch):
     monkeypatch.setenv("SSLORA_CACHE", str(tmp_path))
     base = bench.build_stack("none", quick=True)
     variants = {"peft_lora": bench.build_stack("peft_lora", True, base.model), "sslora": bench.build_stack("sslora", True, base.model)}
-    batch = bench.stack_train_batch(1, 16)
+    batch = speed_models.stack_train_batch(1, 16)
     profiles = bench.profile_training(variants, batch, rounds=1, top=200)
     ops = {key: {o["op"]: o["calls"] for o in p["ops"]} for key, p in profiles.items()}
     assert ops["sslora"].get("aten::topk", 0) > 0 and "aten::topk" not in ops["peft_lora"]
