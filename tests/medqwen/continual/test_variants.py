@@ -1,0 +1,48 @@
+"""benchmarks/continual/variants.py without training: the commands it hands to grid.py and the table of
+finished variants beside the grid's reference runs of the same seed."""
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from medqwen.continual.report import build_results
+
+REPO = Path(__file__).resolve().parents[3]
+spec = importlib.util.spec_from_file_location("continual_variants", REPO / "benchmarks" / "continual" / "variants.py")
+variants = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(variants)
+
+
+def _record(path: Path, method: str, seed: int, lr: float, R: list) -> None:
+    run = {"sequence": "two", "method": {"name": method, "description": f"{method} desc"}, "seed": seed,
+           "model_sha256": "ab" * 32, "tasks": [{"name": "a", "lr": lr}, {"name": "b", "lr": lr}]}
+    rows = [{"scores": {t: {"score": v, "n": 10, "seconds": 1.0} for t, v in zip("ab", row)},
+             "blank": {} if i == 0 else {"ab"[i - 1]: {"score": 0.5}}, "train": {} if i == 0 else {"final_loss": 0.1 * i}}
+            for i, row in enumerate(R)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(build_results(run, rows)))
+
+
+def test_grid_command_of_a_variant_names_its_own_folders():
+    args = argparse.Namespace(data_root=Path("/data"), base_model_dir=Path("/m/final"), dry_run=False)
+    argv = variants.grid_argv(args, {"name": "x_lr", "method": "sslora", "var": {"lr": 0.001}}, 1)
+    assert argv[argv.index("--work") + 1].endswith("runs/continual_variants/x_lr")
+    assert argv[argv.index("--records") + 1].endswith("benchmarks/results/continual_variants/x_lr")
+    assert argv[argv.index("--var") + 1:] == ["lr=0.001"] and argv[argv.index("--seeds") + 1] == "1"
+
+
+def test_table_puts_variants_beside_the_references_of_the_same_seed(tmp_path, monkeypatch):
+    monkeypatch.setattr(variants, "RESULTS", tmp_path)
+    _record(tmp_path / "continual_runs" / "sslora_seed1.json", "sslora", 1, 3e-4, [[0.5, 0.5], [0.8, 0.5], [0.6, 0.9]])
+    _record(tmp_path / "continual_runs" / "sslora_seed0.json", "sslora", 0, 3e-4, [[0.5, 0.5], [0.9, 0.5], [0.9, 0.9]])
+    _record(tmp_path / "continual_variants" / "sslora_lr" / "sslora_seed1.json", "sslora", 1, 1e-3,
+            [[0.5, 0.5], [1.0, 0.5], [0.9, 0.8]])
+    rows = variants.collect(1, [{"name": "sslora_lr", "method": "sslora", "var": {"lr": 1e-3}}])
+    assert [(r["name"], r["kind"], r["lr"]) for r in rows] == [("sslora", "reference", [3e-4]), ("sslora_lr", "variant", [1e-3])]
+    assert rows[0]["forgetting"] == pytest.approx(0.25) and rows[1]["forgetting"] == pytest.approx(0.1)  # (0.8 - 0.6) / 0.8, (1.0 - 0.9) / 1.0
+    assert rows[1]["tasks"]["a"] == {"own": 1.0, "blank": 0.5, "final": 0.9, "train_loss": 0.1}
+    table = variants.markdown(rows)
+    assert "| sslora_lr | sslora desc | 0.001 | 10.0 | 85.0 | -10.0 | 100.0 (50.0) / 90.0 | 80.0 (50.0) / 80.0 | abababababab |" in table
