@@ -179,6 +179,21 @@ def run_one(args, method: str, seed: int) -> str:
     return "ok" if code == 0 else f"failed (exit {code}, see {out / 'log.txt'})"
 
 
+def run_status(args, method: str, seed: int) -> str:
+    """Where a planned run stands, read from disk (nothing is started): for --status."""
+    out = args.work / run_name(method) / f"seed{seed}"
+    if (out / "results.json").is_file() or record_path(args, method, seed).is_file():
+        return "done"
+    rows = sorted(p.stem for p in (out / "eval").glob("row_??.json"))
+    if not out.is_dir():
+        return "pending"
+    lock = out / "grid.lock"
+    holder = lock.read_text().strip() if lock.is_file() else ""
+    running = f"running (pid {holder})" if holder.isdigit() and _pid_alive(int(holder)) else "stopped (resumes)"
+    tasks = sorted(p.name for p in (out / "train").glob("task*"))
+    return f"{running}: {len(rows)} rows of R on disk, last task folder {tasks[-1] if tasks else '-'}"
+
+
 # ------------------------------------------------------------------------------------------- aggregation
 def summarize_method(runs: dict[int, dict], planned: list[int]) -> dict:
     from medqwen.continual import mean_std
@@ -338,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                         "continual_smoke.json; another --work: <work>/continual.json)")
     parser.add_argument("--aggregate-only", action="store_true", help="only aggregate the finished runs")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--status", action="store_true", help="print where each planned run stands, run nothing")
     args = parser.parse_args(argv)
     default_work = args.work is None and not args.smoke
     args.work = (args.work or REPO / "runs" / ("continual_smoke" if args.smoke else "continual")).resolve()
@@ -349,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     args.results = args.results or (RESULTS / "continual.json" if default_work else
                                     RESULTS / "continual_smoke.json" if args.smoke else args.work / "continual.json")
     runs = plan(args.group, args.methods, args.seeds)
+    if args.status:
+        for method, seed in runs:
+            print(f"{run_name(method)}/seed{seed}: {run_status(args, method, seed)}")
+        return 0
     status = {}
     if not args.aggregate_only:
         for method, seed in runs:

@@ -151,3 +151,16 @@ def test_a_run_held_by_a_live_grid_is_skipped_and_a_stale_lock_taken_over(setup,
     assert grid.run_one(args, "m2", 0) == "ok"  # the dead holder's lock is taken over
     assert len(launched) == 1 and not (out / "grid.lock").exists()  # released afterwards
     assert json.loads(grid.record_path(args, "m2", 0).read_text())["R"] == [[0.5]]  # and the finished run recorded
+
+
+def test_status_reads_each_run_from_disk(setup):
+    args = setup
+    _fake_run(args, "m1", 0, [[0.5, 0.5], [0.8, 0.5], [0.4, 0.9]])
+    partial = args.work / "m2" / "seed0"
+    (partial / "eval").mkdir(parents=True)
+    (partial / "eval" / "row_00.json").write_text("{}")
+    (partial / "train" / "task1_a").mkdir(parents=True)
+    (partial / "grid.lock").write_text("999999999")  # no such process: the run is stopped, not running
+    assert grid.run_status(args, "m1", 0) == "done"
+    assert grid.run_status(args, "m2", 0) == "stopped (resumes): 1 rows of R on disk, last task folder task1_a"
+    assert grid.run_status(args, "m2", 1) == "pending"
