@@ -94,17 +94,25 @@ class SequenceConfig:
     keep_checkpoints: bool = False  # delete a task's mid-task checkpoints once its results are on disk
     variables: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # the file it was read from
+    external: dict[str, Any] = field(default_factory=dict)  # data_root / config_dir as substituted (not fingerprinted)
 
     def fingerprint(self) -> str:
         """A hash of everything that changes the results (not output_dir/source/keep_checkpoints).
 
         ``start_from`` counts only as set or not: a path does not identify weights (a rebuilt recipe lands in the
-        same folder; a moved one in another), so runs record the starting weights' sha256 beside the fingerprint."""
+        same folder; a moved one in another), so runs record the starting weights' sha256 beside the fingerprint.
+        Paths under ``data_root`` and ``config_dir`` count relative to them: a record made on one machine is
+        recognised on another."""
         data = asdict(self)
-        for key in ("output_dir", "source", "keep_checkpoints", "variables"):
+        for key in ("output_dir", "source", "keep_checkpoints", "variables", "external"):
             data.pop(key)
         data["start_from"] = data["start_from"] is not None
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        text = json.dumps(data, sort_keys=True, default=str)
+        for key in EXTERNAL:  # where the data and configs live is not part of the configuration
+            value = self.external.get(key)
+            if value:
+                text = text.replace(json.dumps(str(value))[1:-1], "${" + key + "}")
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -270,13 +278,14 @@ def load_sequence(
     else:
         raise ConfigError(f"{where}: field 'method' is missing (give it in the file or pass --method)")
     raw = substitute(raw, variables, where)
-    known = {f.name for f in fields(SequenceConfig)} - {"tasks", "method", "variables", "source"}
+    known = {f.name for f in fields(SequenceConfig)} - {"tasks", "method", "variables", "source", "external"}
     extra = sorted(set(raw) - known)
     if extra:
         raise ConfigError(f"{where}: unknown field(s) {extra}; allowed: {sorted(known | {'tasks', 'method', 'variables'})}")
     if "name" not in raw:
         raise ConfigError(f"{where}: missing required field(s) ['name']")
-    config = SequenceConfig(**raw, tasks=tasks, method=method_cfg, variables=values, source=where)
+    config = SequenceConfig(**raw, tasks=tasks, method=method_cfg, variables=values, source=where,
+                            external={key: variables[key] for key in EXTERNAL})
     for name in ("seed", "data_seed"):
         _check_number(where, name, getattr(config, name), integer=True, low=0)
     for name in ("eval_batch_size", "max_new_tokens"):

@@ -164,3 +164,19 @@ def test_status_reads_each_run_from_disk(setup):
     assert grid.run_status(args, "m1", 0) == "done"
     assert grid.run_status(args, "m2", 0) == "stopped (resumes): 1 rows of R on disk, last task folder task1_a"
     assert grid.run_status(args, "m2", 1) == "pending"
+
+
+def test_the_data_folder_is_not_part_of_the_configuration(setup, tmp_path):
+    """A committed record made where the data lived in one folder is recognised where it lives in another."""
+    args = setup
+    first = grid.expected_fingerprint(args, "m1", 0)
+    moved = tmp_path / "elsewhere"
+    (moved / "methods").mkdir(parents=True)
+    for name in ("m1.yaml", "m2.yaml"):
+        (moved / "methods" / name).write_text((tmp_path / "methods" / name).read_text())
+    (moved / "seq.yaml").write_text(SEQUENCE)
+    args.sequence, args.data_root = moved / "seq.yaml", moved
+    assert grid.expected_fingerprint(args, "m1", 0) == first
+    args.var = None
+    args.max_eval = 3  # while a real change still counts
+    assert grid.expected_fingerprint(args, "m1", 0) != first
