@@ -32,7 +32,8 @@ RESULTS = HERE / "results"
 RUNS = RESULTS / "vqa_rad_runs"
 RECIPE = CONFIGS / "experiments" / "recipe.yaml"  # the default recipe before task training
 METHODS = {"zero_shot": None, "lora": "vqa_rad_stage3_lora.yaml", "sslora": "vqa_rad_stage3_sslora.yaml"}
-ABLATIONS = {"sslora_lr1e-3": "vqa_rad_stage3_sslora_lr1e-3.yaml", "lora_lr1e-3": "vqa_rad_stage3_lora_lr1e-3.yaml"}  # run only when named with --only
+ABLATIONS = {"sslora_lr1e-3": "vqa_rad_stage3_sslora_lr1e-3.yaml",  # run only when named with --only
+             "lora_lr1e-3": "vqa_rad_stage3_lora_lr1e-3.yaml"}
 STAGE_CONFIGS = {**METHODS, **ABLATIONS}
 COMMAND = "python benchmarks/vqa_rad.py --data-root ../shared/data"
 

@@ -11,7 +11,8 @@
 Every run is `medqwen continual <sequence> --method M --seed S --output-dir <work>/<M>/seed<S>` in a
 subprocess (log: <run dir>/log.txt). A run whose results.json exists is skipped, and so is one recorded in the
 records folder (default benchmarks/results/continual_runs/<method>_seed<k>.json: each finished run's results.json
-is copied there, so a committed record outlives the scratch run folder); an unfinished one resumes where it stopped (finished tasks are not redone, a task resumes from its newest checkpoint).
+is copied there, so a committed record outlives the scratch run folder); an unfinished one resumes where it
+stopped (finished tasks are not redone, a task resumes from its newest checkpoint).
 A run holds <run dir>/grid.lock (the grid's pid) while it trains: a second grid command started beside
 the first (one per core) skips the runs the first holds and takes the next ones; a lock whose process
 is gone is taken over.
@@ -184,9 +185,9 @@ def run_status(args, method: str, seed: int) -> str:
     out = args.work / run_name(method) / f"seed{seed}"
     if (out / "results.json").is_file() or record_path(args, method, seed).is_file():
         return "done"
-    rows = sorted(p.stem for p in (out / "eval").glob("row_??.json"))
     if not out.is_dir():
         return "pending"
+    rows = list((out / "eval").glob("row_??.json"))
     lock = out / "grid.lock"
     holder = lock.read_text().strip() if lock.is_file() else ""
     running = f"running (pid {holder})" if holder.isdigit() and _pid_alive(int(holder)) else "stopped (resumes)"

@@ -138,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     from medqwen.continual.io import write_json, write_text
 
     rows = collect(spec["seed"], spec["variants"])
-    write_json(RESULTS / "continual_variants.json", {"seed": spec["seed"], "file": str(args.variants.resolve().relative_to(REPO))
-                                                     if args.variants.resolve().is_relative_to(REPO) else str(args.variants),
-                                                     "rows": rows})
+    source = args.variants.resolve()
+    source = source.relative_to(REPO) if source.is_relative_to(REPO) else source
+    write_json(RESULTS / "continual_variants.json", {"seed": spec["seed"], "file": str(source), "rows": rows})
     table = markdown(rows)
     write_text(RESULTS / "continual_variants.md", table)
     print(table)

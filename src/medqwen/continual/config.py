@@ -138,6 +138,9 @@ def _lookup(key: str, variables: dict[str, Any], where: str, inside_text: bool =
     return variables[key]
 
 
+SCIENTIFIC = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """["steps=20", "eval_n=8"] -> {"steps": 20, "eval_n": 8} (values parsed as YAML scalars; --var)."""
     out = {}
@@ -146,11 +149,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--var {item!r}: expected NAME=VALUE")
         parsed = yaml.safe_load(value) if value.strip() else None
-        if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" (no dot) as text; a user means the number
-            try:
-                parsed = float(parsed) if parsed.strip().lower() not in ("nan", "inf", "-inf", "infinity") else parsed
-            except ValueError:
-                pass
+        if isinstance(parsed, str) and SCIENTIFIC.fullmatch(parsed.strip()):  # YAML 1.1 wants a dot in "1e-3"
+            parsed = float(parsed)
         out[key.strip()] = parsed
     return out
 
