@@ -17,7 +17,8 @@ Model: EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2, linear heads to 256-d, 
    accuracy, ROC-AUC (macro one-vs-rest), then their mean over datasets (``average``).
 
 Each (method, seed) runs in its own process and writes benchmarks/results/zero_shot_runs/<method>_seed<k>.json
-when it finishes; re-running skips finished runs. The summary (means and std over seeds) and the
+when it finishes; re-running skips finished runs, and an interrupted run resumes from its last training checkpoint
+(every 25 steps, <work>/checkpoints/<method>_seed<k>/; a finished training is not redone if evaluation was cut off). The summary (means and std over seeds) and the
 BiomedCLIP-sized parameter table go to benchmarks/results/zero_shot.json.
 
     python benchmarks/zero_shot.py --data-root ../shared/data                 # everything, resumable
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -132,7 +134,8 @@ def run_method(method: str, seed: int, data_root: str, work: Path, cfg: dict) ->
     if method != "aligned":
         pairs = training_pairs(data_root, cfg["per_class"], seed)
         history = train_pairs(trained, pairs, steps=cfg["steps"], batch_size=cfg["batch_size"], lr=LR[method],
-                              head_lr=cfg["head_lr"], seed=seed, log=lambda r: print(method, seed, r, file=sys.stderr, flush=True))
+                              head_lr=cfg["head_lr"], seed=seed, log=lambda r: print(method, seed, r, file=sys.stderr, flush=True),
+                              checkpoint_dir=checkpoint_dir(work, method, seed), checkpoint_every=25)
         result.update(steps=cfg["steps"], pairs=len(pairs), epochs=cfg["steps"] * cfg["batch_size"] / len(pairs),
                       s_per_step=statistics.median(h["s_per_step"] for h in history), history=history)
     result["datasets"] = {}
@@ -142,6 +145,12 @@ def run_method(method: str, seed: int, data_root: str, work: Path, cfg: dict) ->
         result["datasets"][task.name] = {k: scores[k] for k in ("acc", "balanced_acc", "auc", "n", "recall_by_class")}
     result["peak_mem_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
+
+
+def checkpoint_dir(work: Path, method: str, seed: int) -> Path:
+    """Where a run's training checkpoints go (every 25 steps; an interrupted run resumes there; removed once
+    its result file is written)."""
+    return work / "checkpoints" / f"{method}_seed{seed}"
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -246,6 +255,7 @@ def main() -> None:
             cmd += [a for k, v in overrides.items() for a in ("--" + k.replace("_", "-"), str(v))]
             out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
             _write_json(target, json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
+            shutil.rmtree(checkpoint_dir(work, method, seed), ignore_errors=True)
             summary = summarize([json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))])
             config = {k: v for k, v in cfg.items()} | {"lr": LR, "eval_tasks": EVAL_TASKS, "r": 32, "num_experts": 8, "top_k": 2}
             _write_json(results_file, {**summary, "param_table": table, "_setup": config, "_command": COMMAND})

@@ -3,7 +3,10 @@
 - :func:`align_heads`: towers frozen, so their pooled features are computed once and only the heads
   and temperature train (seconds per hundred steps on CPU) — the alignment stage.
 - :func:`train_pairs`: end-to-end steps through the towers (adapters, full fine-tuning, MoE), with
-  the SSLoRA balance loss (added by the SSLoRAModel wrapper) or the full-rank MoE's.
+  the SSLoRA balance loss (added by the SSLoRAModel wrapper) or the full-rank MoE's. Given a
+  ``checkpoint_dir`` it saves every ``checkpoint_every`` steps (atomic, safetensors + JSON: the
+  trainer's format, :mod:`medqwen.training.checkpoint`) and resumes from the newest checkpoint there,
+  with the same weights at the end as a run that was never interrupted.
 
 Pairs carry an integer ``label``: pairs with equal labels are positives of each other (UniCL-style
 targets, see :func:`medqwen.dual.base.clip_loss`); give distinct labels (e.g. the index) for captions.
@@ -11,16 +14,20 @@ targets, see :func:`medqwen.dual.base.clip_loss`); give distinct labels (e.g. th
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
+
+from medqwen.training.checkpoint import STATE_NAME, latest_checkpoint, load_checkpoint, save_checkpoint
 
 from .adapters import unwrap
 from .base import DualEncoder
@@ -87,18 +94,30 @@ def cosine_lr(step: int, steps: int, warmup: int) -> float:
 
 def train_pairs(model: nn.Module, pairs: Sequence[Pair], *, steps: int, batch_size: int = 32, lr: float = 3e-4,
                 head_lr: float = 1e-3, weight_decay: float = 0.0, warmup: int = 10, seed: int = 0,
-                moe_aux_coef: float = 0.01, log_every: int = 10, log: Callable[[dict], Any] | None = None) -> list[dict]:
+                moe_aux_coef: float = 0.01, log_every: int = 10, log: Callable[[dict], Any] | None = None,
+                checkpoint_dir: str | Path | None = None, checkpoint_every: int = 50) -> list[dict]:
     """``steps`` AdamW steps of the contrastive loss through ``model`` (a DualEncoder or an SSLoRAModel
-    around one) on seeded batches of ``pairs``. Returns the logged metrics (loss, s/step)."""
+    around one) on seeded batches of ``pairs``. Returns the logged metrics (loss, s/step).
+
+    ``checkpoint_dir``: save there every ``checkpoint_every`` steps and resume from its newest checkpoint
+    (a checkpoint of other settings — steps, batch size, lrs, seed, number of pairs — is refused)."""
     dual = unwrap(model)
     cache = PixelCache(dual, pairs)
     optimizer = _optimizer(model, lr, head_lr, weight_decay)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "head_lr": head_lr, "weight_decay": weight_decay,
+                "warmup": warmup, "seed": seed, "moe_aux_coef": moe_aux_coef, "pairs": len(pairs)}
     torch.manual_seed(seed)
+    history, window, first = [], [], 0
+    if checkpoint_dir is not None:
+        history, window, first = _resume(Path(checkpoint_dir), trainable, optimizer, settings)
     model.train()
-    history, window, start = [], [], time.perf_counter()
+    start, timed = time.perf_counter(), 0  # steps run in this process since the last log (a resumed window has fewer)
     for step, idx in enumerate(batches(len(pairs), batch_size, steps, seed)):
+        if step < first:
+            continue
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base * cosine_lr(step, steps, warmup)
         text = dual.tokenize([pairs[i].text for i in idx])
@@ -113,15 +132,34 @@ def train_pairs(model: nn.Module, pairs: Sequence[Pair], *, steps: int, batch_si
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         window.append(float(loss.detach()))
+        timed += 1
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            record = {"step": step + 1, "loss": sum(window) / len(window), "s_per_step": (time.perf_counter() - start) / len(window),
+            record = {"step": step + 1, "loss": sum(window) / len(window), "s_per_step": (time.perf_counter() - start) / timed,
                       "temperature": float(dual.logit_scale.detach().exp())}
             history.append(record)
             if log:
                 log(record)
-            window, start = [], time.perf_counter()
+            window, start, timed = [], time.perf_counter(), 0
+        if checkpoint_dir is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
+            save_checkpoint(checkpoint_dir, trainable=trainable, optimizer=optimizer, keep=1,
+                            state={"step": step + 1, "settings": settings, "history": history, "window": window})
     model.eval()
     return history
+
+
+def _resume(directory: Path, trainable: dict, optimizer: torch.optim.Optimizer, settings: dict) -> tuple[list, list, int]:
+    """(history, losses not yet logged, step) of the newest checkpoint in ``directory``, restored in place
+    (weights, optimizer, RNG); ([], [], 0) without one."""
+    found = latest_checkpoint(directory)
+    if found is None:
+        return [], [], 0
+    saved = json.loads((found / STATE_NAME).read_text())["settings"]
+    if saved != settings:
+        diff = {k: (saved.get(k), settings.get(k)) for k in set(saved) | set(settings) if saved.get(k) != settings.get(k)}
+        raise ValueError(f"{found}: a checkpoint of other training settings (saved, now): {diff}; "
+                         "use another checkpoint folder or delete this one")
+    state = load_checkpoint(found, parameters=trainable, optimizer=optimizer)
+    return state["history"], state["window"], state["step"]
 
 
 @torch.no_grad()
