@@ -41,6 +41,7 @@ SEQUENCE = HERE / "sequence.yaml"
 HEADLINE = ("lora", "sslora", "moelora")  # the comparison users ask about first: a partial grid answers it
 BASELINES = ("pissa", "milora", "full_ft")
 ABLATION_REFERENCES = ("sslora", "moelora")  # rows of the ablation table that the headline grid already runs
+SEED_MARKERS = ("o", "^", "s", "D", "v")
 SMOKE = {"max_steps": 2, "max_train": 16, "max_eval": 8}
 
 
@@ -301,7 +302,8 @@ def markdown(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> Path:
-    """Bars per method: mean relative forgetting and final average accuracy, ± std over seeds."""
+    """Bars per method: mean relative forgetting and final average accuracy, ± std over seeds, and each seed's
+    run as a marker (seeds differ by more than methods do here, so a bar alone would mislead)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -314,7 +316,13 @@ def plot(results: dict, path: Path) -> Path:
     for ax, key, title in ((axes[0], "forgetting", "mean relative forgetting %"), (axes[1], "final_avg", "final average accuracy %")):
         means = [100 * (m.get(f"{key}_mean") or 0.0) for _, m in entries]
         stds = [100 * (m.get(f"{key}_std") or 0.0) for _, m in entries]
-        ax.bar(range(len(entries)), means, yerr=stds, capsize=3, color="tab:blue")
+        ax.bar(range(len(entries)), means, yerr=stds, capsize=3, color="tab:blue", alpha=0.55)
+        for x, (_, m) in enumerate(entries):
+            for seed, run in sorted(m["runs"].items(), key=lambda item: int(item[0])):
+                ax.scatter(x + 0.12 * (int(seed) - 1), 100 * run["metrics"][key], color="black", zorder=3, s=16,
+                           marker=SEED_MARKERS[int(seed) % len(SEED_MARKERS)], label=f"seed {seed}")
+        handles = dict(zip(*reversed(ax.get_legend_handles_labels())))  # one entry per seed
+        ax.legend([handles[k] for k in sorted(handles)], sorted(handles), fontsize=7, loc="best")
         ax.set_xticks(range(len(entries)), [f"{name}\n(n={len(m['seeds'])})" for name, m in entries], rotation=45, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
