@@ -298,7 +298,24 @@ def markdown(results: dict) -> str:
         sps = f"{m['s_per_step']:.2f}" if m.get("s_per_step") is not None else "—"
         lines.append(f"| {name} | {','.join(map(str, m['seeds']))} | {pm(m, 'forgetting')} | {pm(m, 'final_avg')} | "
                      f"{pm(m, 'bwt')} | {pct(m.get('fwt_mean'))} | {per} | {params} | {sps} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", "Each run (build: the first 8 hex digits of the start model's sha256; runs without one started "
+                                   "from the recipe's first build, lost before fingerprints were kept):", ""] + run_rows(results, tasks)) + "\n"
+
+
+def run_rows(results: dict, tasks: list[str]) -> list[str]:
+    """One Markdown row per (method, seed): own / final score per task, the last task's blank control, and the metrics."""
+    lines = ["| method | seed | build | " + " | ".join(f"{t}: own / final" for t in tasks[:-1]) + f" | {tasks[-1]}: own (blank) | "
+             "rel. forgetting % | final avg % | BWT (points) |", "|---|---:|---|" + "---:|" * (len(tasks) + 3)]
+    for name, m in method_entries(results):
+        for seed, run in sorted(m["runs"].items(), key=lambda item: int(item[0])):
+            R, own = run["R"], [run["R"][i + 1][i] for i in range(len(tasks))]
+            cells = [f"{pct(own[j])} / {pct(R[-1][j])}" for j in range(len(tasks) - 1)]
+            cells.append(f"{pct(own[-1])} ({pct(run['blank_own'][tasks[-1]])})")
+            build = (run.get("start_model_sha256") or "first")[:8]
+            metrics = run["metrics"]
+            lines.append(f"| {name} | {seed} | {build} | " + " | ".join(cells) + f" | {pct(metrics['forgetting'])} | "
+                         f"{pct(metrics['final_avg'])} | {100 * metrics['bwt']:.1f} |")
+    return lines
 
 
 def plot(results: dict, path: Path) -> Path:

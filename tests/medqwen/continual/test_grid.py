@@ -78,6 +78,8 @@ def test_aggregate_mean_std_over_seeds(setup, tmp_path):
     assert [t["name"] for t in results["sequence"]["tasks"]] == ["a", "b"]
     table = grid.markdown(results)
     assert "| m1 | 0,1 | 40.0 ± 14.1 | 72.5 ± 10.6 | -35.0 ± 7.1 |" in table
+    # per run: own = R[i+1][i], final = R[-1]; no start-model hash -> the first build; no blank control -> —
+    assert "| m1 | 1 | first | 100.0 / 70.0 | 90.0 (—) | 30.0 | 80.0 | -30.0 |" in table
     grid.write(results, tmp_path / "out.json")
     assert json.loads((tmp_path / "out.json").read_text())["m1"]["bwt_mean"] == pytest.approx(-0.35)
     assert (tmp_path / "out.png").stat().st_size > 0 and (tmp_path / "out.md").is_file()
