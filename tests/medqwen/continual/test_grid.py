@@ -28,9 +28,10 @@ tasks:
 def test_plan_orders_headline_seeds_first():
     main = grid.plan("main", None, None)
     assert main[:3] == [("lora", 0), ("sslora", 0), ("moelora", 0)] and len(main) == 3 * 3 + 3
-    assert main[-3:] == [("pissa", 0), ("milora", 0), ("full_ft", 0)]
+    assert main[-3:] == [("pissa", 1), ("milora", 1), ("full_ft", 1)]  # paired with the headline's seed 1
     ablations = grid.plan("ablations", None, None)
     assert len(ablations) == 15 and {m for m, _ in ablations} == set(grid.ablation_names())
+    assert {s for _, s in ablations} == {1} and ablations[0] == ("no_balance_loss", 1)
     assert grid.plan("main", ["sslora"], [3, 4]) == [("sslora", 3), ("sslora", 4)]
 
 
