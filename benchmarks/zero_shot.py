@@ -17,9 +17,10 @@ Model: EfficientNet-Lite0 (ImageNet) + all-MiniLM-L6-v2, linear heads to 256-d, 
    accuracy, ROC-AUC (macro one-vs-rest), then their mean over datasets (``average``).
 
 Each (method, seed) runs in its own process and writes benchmarks/results/zero_shot_runs/<method>_seed<k>.json
-when it finishes; re-running skips finished runs, and an interrupted run resumes from its last training checkpoint
-(every 25 steps, <work>/checkpoints/<method>_seed<k>/; a finished training is not redone if evaluation was cut off). The summary (means and std over seeds) and the
-BiomedCLIP-sized parameter table go to benchmarks/results/zero_shot.json.
+when it finishes; re-running skips finished runs, and an interrupted run resumes from its last training
+checkpoint (every 25 steps, <work>/checkpoints/<method>_seed<k>/; a finished training is not redone if
+evaluation was cut off). The summary (means and std over seeds) and the BiomedCLIP-sized parameter table go
+to benchmarks/results/zero_shot.json.
 
     python benchmarks/zero_shot.py --data-root ../shared/data                 # everything, resumable
     python benchmarks/zero_shot.py --data-root ../shared/data --only sslora --seeds 0
@@ -134,7 +135,8 @@ def run_method(method: str, seed: int, data_root: str, work: Path, cfg: dict) ->
     if method != "aligned":
         pairs = training_pairs(data_root, cfg["per_class"], seed)
         history = train_pairs(trained, pairs, steps=cfg["steps"], batch_size=cfg["batch_size"], lr=LR[method],
-                              head_lr=cfg["head_lr"], seed=seed, log=lambda r: print(method, seed, r, file=sys.stderr, flush=True),
+                              head_lr=cfg["head_lr"], seed=seed,
+                              log=lambda r: print(method, seed, r, file=sys.stderr, flush=True),
                               checkpoint_dir=checkpoint_dir(work, method, seed), checkpoint_every=25)
         result.update(steps=cfg["steps"], pairs=len(pairs), epochs=cfg["steps"] * cfg["batch_size"] / len(pairs),
                       s_per_step=statistics.median(h["s_per_step"] for h in history), history=history)

@@ -310,14 +310,16 @@ def markdown(results: dict) -> str:
         sps = f"{m['s_per_step']:.2f}" if m.get("s_per_step") is not None else "—"
         lines.append(f"| {name} | {','.join(map(str, m['seeds']))} | {pm(m, 'forgetting')} | {pm(m, 'final_avg')} | "
                      f"{pm(m, 'bwt')} | {pct(m.get('fwt_mean'))} | {per} | {params} | {sps} |")
-    return "\n".join(lines + ["", "Each run (build: the first 8 hex digits of the start model's sha256; runs without one started "
-                                   "from the recipe's first build, lost before fingerprints were kept):", ""] + run_rows(results, tasks)) + "\n"
+    lines += ["", "Each run (build: the first 8 hex digits of the start model's sha256; runs without one started from "
+              "the recipe's first build, lost before fingerprints were kept):", ""]
+    return "\n".join(lines + run_rows(results, tasks)) + "\n"
 
 
 def run_rows(results: dict, tasks: list[str]) -> list[str]:
-    """One Markdown row per (method, seed): own / final score per task, the last task's blank control, and the metrics."""
-    lines = ["| method | seed | build | " + " | ".join(f"{t}: own / final" for t in tasks[:-1]) + f" | {tasks[-1]}: own (blank) | "
-             "rel. forgetting % | final avg % | BWT (points) |", "|---|---:|---|" + "---:|" * (len(tasks) + 3)]
+    """One Markdown row per (method, seed): own / final score per task, the last task's blank control, the metrics."""
+    header = " | ".join(f"{t}: own / final" for t in tasks[:-1]) + f" | {tasks[-1]}: own (blank)"
+    lines = [f"| method | seed | build | {header} | rel. forgetting % | final avg % | BWT (points) |",
+             "|---|---:|---|" + "---:|" * (len(tasks) + 3)]
     for name, m in method_entries(results):
         for seed, run in sorted(m["runs"].items(), key=lambda item: int(item[0])):
             R, own = run["R"], [run["R"][i + 1][i] for i in range(len(tasks))]
