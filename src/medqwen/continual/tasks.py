@@ -61,11 +61,23 @@ def scorer_name(task: TaskConfig) -> str:
     return "closed_rank" if task.metric == "closed_rank" else f"vqa:{task.score}"
 
 
+def answer_breakdown(records: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """``pred_share``: the share of questions given each answer; ``acc_by_answer``: accuracy on the questions
+    of each reference answer (the recall of that answer). A task forgotten as a shift of the answer prior
+    (everything answered "yes") shows here, where the accuracy alone cannot tell it from lost image use."""
+    preds, golds = Counter(r["pred"] for r in records), Counter(r["answer"] for r in records)
+    hits = Counter(r["answer"] for r in records if r["pred"] == r["answer"])
+    n = max(1, len(records))
+    return {"pred_share": {a: preds[a] / n for a in sorted(preds)},
+            "acc_by_answer": {a: hits[a] / golds[a] for a in sorted(golds)}}
+
+
 def score_task(
     model, task: TaskConfig, samples: Sequence[Sample], *, cache=None, blank_images: bool = False,
     batch_size: int = 32, max_new_tokens: int = 12,
 ) -> dict[str, Any]:
-    """{"score", "n", "scorer", ["gold_logprob"], "seconds"} of ``model`` on a task's eval samples,
+    """{"score", "n", "scorer", ["gold_logprob", "pred_share", "acc_by_answer"], "seconds"} of ``model`` on a
+    task's eval samples,
     by the registered evaluators of :mod:`medqwen.eval`.
 
     ``closed_rank``: accuracy of the most likely candidate (the "rank" evaluator with the sequence
@@ -82,6 +94,7 @@ def score_task(
         metrics = dict(evaluate_ranking(model, samples, settings, scorer="sequence"))
         score = metrics["acc"]
         extra["gold_logprob"] = metrics["gold_logprob"]
+        extra.update(answer_breakdown(metrics["records"]))
     else:
         score = dict(evaluate_vqa(model, samples, settings))[task.score]
     return {"score": float(score), "n": len(samples), "scorer": scorer_name(task), **extra, "seconds": time.perf_counter() - start}

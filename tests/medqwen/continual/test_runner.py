@@ -97,6 +97,10 @@ def test_tiny_sequence_end_to_end_and_resume(sequence, tmp_path, capsys):
         got = results["metrics"]["per_task"][name]
         assert {k: got[k] for k in expected["per_task"][name]} == expected["per_task"][name]
     assert results["metrics"]["bwt"] == pytest.approx(R[2][0] - R[1][0])
+    colours = rows[2]["scores"]["colours"]  # the answer breakdown agrees with the accuracy it explains
+    assert sum(colours["pred_share"].values()) == pytest.approx(1.0)
+    assert set(colours["acc_by_answer"]) == {"red", "blue"}  # 2 test images each: accuracy = mean recall
+    assert sum(colours["acc_by_answer"].values()) / 2 == pytest.approx(colours["score"])
     assert results["blank_own"]["colours"] == rows[1]["blank"]["colours"]["score"]
     assert results["trainable_params"] == rows[1]["train"]["trainable_params"]
     for name in ("results.md", "R_heatmap.png", "R_lines.png", "routing.png"):
