@@ -68,15 +68,41 @@ def answer_breakdown(records: Sequence[dict]) -> dict[str, dict[str, float]]:
     preds, golds = Counter(r["pred"] for r in records), Counter(r["answer"] for r in records)
     hits = Counter(r["answer"] for r in records if r["pred"] == r["answer"])
     n = max(1, len(records))
-    return {"pred_share": {a: preds[a] / n for a in sorted(preds)},
-            "acc_by_answer": {a: hits[a] / golds[a] for a in sorted(golds)}}
+    out = {"pred_share": {a: preds[a] / n for a in sorted(preds)},
+           "acc_by_answer": {a: hits[a] / golds[a] for a in sorted(golds)}}
+    auc = ranking_auc(records)
+    if auc is not None:
+        out["rank_auc"] = auc
+    return out
+
+
+def ranking_auc(records: Sequence[dict]) -> float | None:
+    """ROC-AUC of the candidates' likelihoods (softmax over each question's candidates; macro one-vs-rest
+    beyond two answers, :func:`medqwen.eval.zero_shot.roc_auc`): how well the scores still separate the
+    answers whatever the decision threshold. None without per-candidate ``scores``, without one candidate
+    set shared by every question, or with a single reference answer."""
+    import numpy as np
+
+    from medqwen.eval.zero_shot import roc_auc
+
+    if not records or any("scores" not in r for r in records):
+        return None
+    options = sorted(records[0]["scores"])
+    kept = [r for r in records if r["answer"] in options]
+    if any(sorted(r["scores"]) != options for r in records) or len({r["answer"] for r in kept}) < 2:
+        return None
+    logits = np.array([[r["scores"][o] for o in options] for r in kept], dtype=np.float64)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    return float(roc_auc([options.index(r["answer"]) for r in kept], probs))
 
 
 def score_task(
     model, task: TaskConfig, samples: Sequence[Sample], *, cache=None, blank_images: bool = False,
     batch_size: int = 32, max_new_tokens: int = 12,
 ) -> dict[str, Any]:
-    """{"score", "n", "scorer", ["gold_logprob", "pred_share", "acc_by_answer"], "seconds"} of ``model`` on a
+    """{"score", "n", "scorer", ["gold_logprob", "pred_share", "acc_by_answer", "rank_auc"], "seconds"} of
+    ``model`` on a
     task's eval samples,
     by the registered evaluators of :mod:`medqwen.eval`.
 

@@ -197,7 +197,8 @@ def evaluate_ranking(
         yield "blank_image/acc", _accuracy(most_likely(*candidate_scores(model, samples, blank_images=True, **kwargs)), samples)
     yield "n", len(samples)
     yield "majority", majority_share(samples)
-    yield "records", [{"question": s.question, "answer": s.answer, "pred": p} for s, p in zip(samples, predictions)]
+    yield "records", [{"question": s.question, "answer": s.answer, "pred": p, "scores": dict(zip(options, row))}
+                      for s, p, options, row in zip(samples, predictions, candidates, scores)]
     yield "seconds", time.perf_counter() - start
 
 

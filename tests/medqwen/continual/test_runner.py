@@ -101,6 +101,7 @@ def test_tiny_sequence_end_to_end_and_resume(sequence, tmp_path, capsys):
     assert sum(colours["pred_share"].values()) == pytest.approx(1.0)
     assert set(colours["acc_by_answer"]) == {"red", "blue"}  # 2 test images each: accuracy = mean recall
     assert sum(colours["acc_by_answer"].values()) / 2 == pytest.approx(colours["score"])
+    assert 0.0 <= colours["rank_auc"] <= 1.0
     assert results["blank_own"]["colours"] == rows[1]["blank"]["colours"]["score"]
     assert results["trainable_params"] == rows[1]["train"]["trainable_params"]
     for name in ("results.md", "R_heatmap.png", "R_lines.png", "routing.png"):

@@ -16,3 +16,15 @@ def test_answer_breakdown_by_hand():
     assert out["pred_share"] == pytest.approx({"no": 2 / 3, "yes": 1 / 3})
     assert out["acc_by_answer"] == {"maybe": 0.0, "no": 1.0, "yes": 0.0}
     assert answer_breakdown([]) == {"pred_share": {}, "acc_by_answer": {}}
+
+
+def test_ranking_auc_by_hand():
+    # yes/no margins log p(yes) - log p(no): yes questions 2, 0; no questions 1, -1. Pairs (yes, no) ranked
+    # right: (2,1) (2,-1) (0,-1); wrong: (0,1) -> AUC 3/4, while accuracy (all answered "yes") is 1/2
+    rows = [("yes", 2.0), ("yes", 0.0), ("no", 1.0), ("no", -1.0)]
+    records = [{"answer": a, "pred": "yes", "scores": {"yes": m, "no": 0.0}} for a, m in rows]
+    out = answer_breakdown(records)
+    assert out["rank_auc"] == pytest.approx(0.75) and out["acc_by_answer"] == {"no": 0.0, "yes": 1.0}
+    assert "rank_auc" not in answer_breakdown([{"answer": "yes", "pred": "yes"}])  # no scores: no AUC
+    one_answer = [{"answer": "yes", "pred": "yes", "scores": {"yes": 0.0, "no": -1.0}}] * 2
+    assert "rank_auc" not in answer_breakdown(one_answer)
