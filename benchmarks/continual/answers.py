@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from medqwen.continual import load_sequence
     from medqwen.continual.io import write_json
-    from medqwen.continual.runner import ContinualRunner, make_stage, run_info
+    from medqwen.continual.runner import ContinualRunner, make_stage
     from medqwen.continual.tasks import score_task
     from medqwen.training.batches import supports_feature_cache
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     changes = {"seed": args.seed, **({"start_from": str(args.base_model_dir.resolve())} if args.base_model_dir else {})}
     config = dataclasses.replace(config, **changes)
     saved = json.loads((args.run_dir / "run.json").read_text())["fingerprint"]
-    if saved != run_info(config)["fingerprint"]:
+    if saved != config.fingerprint():  # run_info's fingerprint, without hashing the start model's weights
         raise SystemExit(f"{args.run_dir} is a run of another configuration than these arguments give")
     if not 1 <= args.row <= len(config.tasks):
         raise SystemExit(f"--row must be 1..{len(config.tasks)}")
