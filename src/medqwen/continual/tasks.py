@@ -99,7 +99,7 @@ def ranking_auc(records: Sequence[dict]) -> float | None:
 
 def score_task(
     model, task: TaskConfig, samples: Sequence[Sample], *, cache=None, blank_images: bool = False,
-    batch_size: int = 32, max_new_tokens: int = 12,
+    batch_size: int = 32, max_new_tokens: int = 12, keep_records: bool = False,
 ) -> dict[str, Any]:
     """{"score", "n", "scorer", ["gold_logprob", "pred_share", "acc_by_answer", "rank_auc"], "seconds"} of
     ``model`` on a
@@ -111,7 +111,8 @@ def score_task(
     models with a prefix cache, see :mod:`medqwen.eval.ranking`); ``gold_logprob`` = the mean
     log-likelihood of the reference answer, which moves before the accuracy does). ``vqa``: greedy
     generation scored by the "vqa" evaluator (``task.score``: closed_acc, open_recall or exact_match).
-    ``blank_images`` zeroes the image features (the question-prior control).
+    ``blank_images`` zeroes the image features (the question-prior control). ``keep_records`` adds the
+    ranking's per-question ``records`` (with each candidate's log-likelihood; closed_rank only).
     """
     start = time.perf_counter()
     settings = EvalSettings(batch_size=batch_size, max_new_tokens=max_new_tokens, blank_images=blank_images, cache=cache)
@@ -121,6 +122,8 @@ def score_task(
         score = metrics["acc"]
         extra["gold_logprob"] = metrics["gold_logprob"]
         extra.update(answer_breakdown(metrics["records"]))
+        if keep_records:
+            extra["records"] = metrics["records"]
     else:
         score = dict(evaluate_vqa(model, samples, settings))[task.score]
     return {"score": float(score), "n": len(samples), "scorer": scorer_name(task), **extra, "seconds": time.perf_counter() - start}

@@ -131,7 +131,32 @@ def test_tiny_sequence_end_to_end_and_resume(sequence, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["continual", str(sequence), "--output-dir", str(out), "--var", "steps=4"])
     assert "holds a run of another configuration" in capsys.readouterr().err
+    _check_answers(out, sequence, rows, R)
     _check_update_analysis(out)
+
+
+def _check_answers(out: Path, sequence: Path, rows: list[dict], R: list[list[float]]) -> None:
+    """benchmarks/continual/answers.py rebuilds the model after task 1 and reproduces its recorded scores."""
+    import importlib.util
+
+    from medqwen.continual import load_sequence
+
+    spec = importlib.util.spec_from_file_location("answers", Path(__file__).resolve().parents[3] / "benchmarks" / "continual" / "answers.py")
+    answers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(answers)
+    scored = answers.score_row(load_sequence(sequence), out, 1, None)
+    assert scored["after"] == "colours" and list(scored["tasks"]) == ["colours"]  # the untrained task is not scored
+    colours = scored["tasks"]["colours"]
+    assert colours["image"]["score"] == R[1][0]
+    assert colours["image"]["gold_logprob"] == pytest.approx(rows[1]["scores"]["colours"]["gold_logprob"], abs=1e-6)
+    assert colours["blank"]["score"] == rows[1]["blank"]["colours"]["score"]
+    for kind in ("contextual", "batch"):
+        calibrated = colours[kind]
+        assert calibrated["n"] == 4 and sum(calibrated["pred_share"].values()) == pytest.approx(1.0)
+        assert sum(calibrated["acc_by_answer"].values()) / 2 == pytest.approx(calibrated["score"])  # 2 images per colour
+    records = colours["records"]
+    assert len(records["answer"]) == len(records["image"]) == len(records["blank"]) == 4
+    assert set(records["image"][0]) == {"red", "blue"}
 
 
 def _check_update_analysis(out: Path) -> None:
