@@ -91,7 +91,7 @@ def score_row(config, run_dir: Path, row: int, task_names: list[str] | None) -> 
         trainer.attach_adapter(config.method.adapter)
     trainer.run_stage(stage, [], resume=True)  # a finished stage: loads its final weights, trains nothing
     cache = trainer.feature_cache if supports_feature_cache(trainer.vlm) else None
-    out = {"row": row, "after": config.tasks[row - 1].name, "tasks": {}}
+    out = {"row": row, "after": config.tasks[row - 1].name, "sequence": [t.name for t in config.tasks], "tasks": {}}
     for task in config.tasks[:row]:  # tasks not yet trained have nothing to forget
         if task_names and task.name not in task_names:
             continue
@@ -122,11 +122,11 @@ def summarize(folder: Path) -> list[dict]:
         runs.setdefault((data["method"], data["seed"]), {})[data["row"]] = data
     table = []
     for (method, seed), rows in sorted(runs.items()):
-        T = max(rows)
-        names = list(rows[T]["tasks"])
-        if sorted(rows) != list(range(1, T + 1)) or len(names) != T or any(
+        names = rows[max(rows)].get("sequence", [])
+        T = len(names)
+        if not names or sorted(rows) != list(range(1, T + 1)) or list(rows[T]["tasks"]) != names or any(
                 "batch" not in rows[i]["tasks"].get(name, {"batch": 0}) for i in rows for name in names):
-            continue  # an incomplete set of rows, or files written before calibration was scored
+            continue  # not every row yet, or files written before calibration was scored
         entry = {"method": method, "seed": seed, "tasks": names}
         for kind in KINDS:
             score = {(i, j): rows[i]["tasks"][name][kind]["score"] for i in rows for j, name in enumerate(names)
@@ -149,7 +149,12 @@ def _percent(value: float | None) -> str:
 
 def write_md(path: Path, table: list[dict]) -> None:
     """The summary as a Markdown table (percentages), one row per run and scorer."""
-    lines = ["| run | scores | own -> final per task | relative forgetting | final average |",
+    lines = ["Continual runs rebuilt row by row (`python benchmarks/continual/answers.py RUN ... --row 1 2 3`, then "
+             "`--summary`): every closed task scored by likelihood ranking as usual (image), with the answer prior "
+             "of a blank image divided out (contextual), and with the mean answer probability over the task's "
+             "evaluated images divided out (batch; transductive: it sees the unlabelled test images). Own = right "
+             "after the task's own training.", "",
+             "| run | scores | own -> final per task | relative forgetting | final average |",
              "|---|---|---|---:|---:|"]
     for entry in table:
         for kind in KINDS:

@@ -22,9 +22,11 @@ def test_calibration_summary_by_hand(tmp_path):
             2: {"a": task(0.9, 0.85), "b": task(0.7, 0.7)},
             3: {"a": task(0.6, 0.8), "b": task(0.35, 0.7), "c": task(0.5, 0.6)}}
     for row, tasks in rows.items():
-        (tmp_path / f"lora_seed1_row{row}.json").write_text(json.dumps({"method": "lora", "seed": 1, "row": row, "tasks": tasks}))
-    (tmp_path / "sslora_seed1_row3.json").write_text(json.dumps({"method": "sslora", "seed": 1, "row": 3, "tasks": rows[3]}))
-    [entry] = answers.summarize(tmp_path)  # sslora has row 3 only: left out
+        (tmp_path / f"lora_seed1_row{row}.json").write_text(json.dumps({"method": "lora", "seed": 1, "row": row, "sequence": ["a", "b", "c"], "tasks": tasks}))
+    for method, row in (("sslora", 3), ("moelora", 1)):  # runs without every row are left out
+        (tmp_path / f"{method}_seed1_row{row}.json").write_text(json.dumps(
+            {"method": method, "seed": 1, "row": row, "sequence": ["a", "b", "c"], "tasks": {k: rows[row][k] for k in list(rows[row])[:row]}}))
+    [entry] = answers.summarize(tmp_path)
     assert entry["tasks"] == ["a", "b", "c"]
     # a: best after its training and before the last task = max(0.8, 0.9); b: 0.7
     assert entry["image"]["forgetting"] == pytest.approx([(0.9 - 0.6) / 0.9, (0.7 - 0.35) / 0.7])

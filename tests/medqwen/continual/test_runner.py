@@ -145,7 +145,8 @@ def _check_answers(out: Path, sequence: Path, rows: list[dict], R: list[list[flo
     answers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(answers)
     scored = answers.score_row(load_sequence(sequence), out, 1, None)
-    assert scored["after"] == "colours" and list(scored["tasks"]) == ["colours"]  # the untrained task is not scored
+    assert scored["after"] == "colours" and scored["sequence"] == ["colours", "synthetic"]
+    assert list(scored["tasks"]) == ["colours"]  # the untrained task is not scored
     colours = scored["tasks"]["colours"]
     assert colours["image"]["score"] == R[1][0]
     assert colours["image"]["gold_logprob"] == pytest.approx(rows[1]["scores"]["colours"]["gold_logprob"], abs=1e-6)
