@@ -231,6 +231,7 @@ def summarize_method(runs: dict[int, dict], planned: list[int]) -> dict:
     }
     out["runs"] = {str(s): {"R": runs[s]["R"], "blank_own": runs[s]["blank_own"], "R_gold_logprob": runs[s].get("R_gold_logprob"),
                             "metrics": {k: runs[s]["metrics"][k] for k in ("forgetting", "final_avg", "bwt", "fwt", "learning_acc")},
+                            "metrics_batch_calibrated": runs[s].get("metrics_batch_calibrated"),
                             "s_per_step": runs[s]["s_per_step"], "dir": runs[s].get("output_dir"),
                             "start_model": runs[s]["model"], "start_model_sha256": runs[s].get("model_sha256")} for s in seeds}
     return out
@@ -318,17 +319,18 @@ def markdown(results: dict) -> str:
 def run_rows(results: dict, tasks: list[str]) -> list[str]:
     """One Markdown row per (method, seed): own / final score per task, the last task's blank control, the metrics."""
     header = " | ".join(f"{t}: own / final" for t in tasks[:-1]) + f" | {tasks[-1]}: own (blank)"
-    lines = [f"| method | seed | build | {header} | rel. forgetting % | final avg % | BWT (points) |",
-             "|---|---:|---|" + "---:|" * (len(tasks) + 3)]
+    lines = [f"| method | seed | build | {header} | rel. forgetting % | final avg % | BWT (points) | batch-calibrated: forgetting % / final avg % |",
+             "|---|---:|---|" + "---:|" * (len(tasks) + 4)]
     for name, m in method_entries(results):
         for seed, run in sorted(m["runs"].items(), key=lambda item: int(item[0])):
             R, own = run["R"], [run["R"][i + 1][i] for i in range(len(tasks))]
             cells = [f"{pct(own[j])} / {pct(R[-1][j])}" for j in range(len(tasks) - 1)]
             cells.append(f"{pct(own[-1])} ({pct(run['blank_own'][tasks[-1]])})")
             build = (run.get("start_model_sha256") or "first")[:8]
-            metrics = run["metrics"]
+            metrics, calibrated = run["metrics"], run.get("metrics_batch_calibrated") or {}
             lines.append(f"| {name} | {seed} | {build} | " + " | ".join(cells) + f" | {pct(metrics['forgetting'])} | "
-                         f"{pct(metrics['final_avg'])} | {100 * metrics['bwt']:.1f} |")
+                         f"{pct(metrics['final_avg'])} | {100 * metrics['bwt']:.1f} | "
+                         f"{pct(calibrated.get('forgetting'))} / {pct(calibrated.get('final_avg'))} |")
     return lines
 
 

@@ -22,6 +22,10 @@ def build_results(run: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[s
     blank_own = {name: rows[j + 1].get("blank", {}).get(name, {}).get("score") for j, name in enumerate(names)}
     blank_start = {name: rows[0].get("blank", {}).get(name, {}).get("score") for name in names}
     metrics = summarize(R, names)
+    # the same matrix with each task's answer prior divided out (closed_rank rows written since 2026-12-06 20:00)
+    R_batch = [[row["scores"][name].get("batch_calibrated") for name in names] for row in rows]
+    if any(v is None for r in R_batch for v in r):
+        R_batch = None
     for j, name in enumerate(names):
         metrics["per_task"][name]["blank_after_own_training"] = blank_own[name]
         metrics["per_task"][name]["blank_start"] = blank_start[name]
@@ -32,6 +36,8 @@ def build_results(run: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[s
         "blank_own": blank_own,
         "R_gold_logprob": [[row["scores"][name].get("gold_logprob") for name in names] for row in rows],  # closed_rank tasks
         "metrics": metrics,
+        **({"R_batch_calibrated": R_batch, "metrics_batch_calibrated": {
+            k: v for k, v in summarize(R_batch, names).items() if k in ("forgetting", "final_avg", "bwt")}} if R_batch else {}),
         "trainable_params": trained[0].get("trainable_params") if trained else None,
         "s_per_step": sorted(s_per_step)[len(s_per_step) // 2] if s_per_step else None,  # median over tasks
         "train": {name: t for name, t in zip(names, trained)},

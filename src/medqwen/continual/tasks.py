@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from medqwen.data import Sample, normalize_answer, read_dataset
+from medqwen.eval.calibration import batch_calibration
 from medqwen.eval.evaluators import EvalSettings, evaluate_ranking, evaluate_vqa
 from medqwen.training.config import DataSpec
 
@@ -101,7 +102,7 @@ def score_task(
     model, task: TaskConfig, samples: Sequence[Sample], *, cache=None, blank_images: bool = False,
     batch_size: int = 32, max_new_tokens: int = 12, keep_records: bool = False,
 ) -> dict[str, Any]:
-    """{"score", "n", "scorer", ["gold_logprob", "pred_share", "acc_by_answer", "rank_auc"], "seconds"} of
+    """{"score", "n", "scorer", ["gold_logprob", "pred_share", "acc_by_answer", "rank_auc", "batch_calibrated"], "seconds"} of
     ``model`` on a
     task's eval samples,
     by the registered evaluators of :mod:`medqwen.eval`.
@@ -111,6 +112,8 @@ def score_task(
     models with a prefix cache, see :mod:`medqwen.eval.ranking`); ``gold_logprob`` = the mean
     log-likelihood of the reference answer, which moves before the accuracy does). ``vqa``: greedy
     generation scored by the "vqa" evaluator (``task.score``: closed_acc, open_recall or exact_match).
+    ``batch_calibrated``: the closed_rank accuracy with the answer prior estimated over these samples divided
+    out (:func:`medqwen.eval.calibration.batch_calibration`; no extra forward pass).
     ``blank_images`` zeroes the image features (the question-prior control). ``keep_records`` adds the
     ranking's per-question ``records`` (with each candidate's log-likelihood; closed_rank only).
     """
@@ -122,6 +125,8 @@ def score_task(
         score = metrics["acc"]
         extra["gold_logprob"] = metrics["gold_logprob"]
         extra.update(answer_breakdown(metrics["records"]))
+        calibrated = batch_calibration(metrics["records"])
+        extra["batch_calibrated"] = sum(r["pred"] == r["answer"] for r in calibrated) / max(1, len(calibrated))
         if keep_records:
             extra["records"] = metrics["records"]
     else:

@@ -49,13 +49,16 @@ def setup(tmp_path):
     return args
 
 
-def _fake_run(args, method, seed, R, out=None):
-    """A finished run's results.json as the runner writes it (scores given; no training)."""
+def _fake_run(args, method, seed, R, out=None, calibrated=None):
+    """A finished run's results.json as the runner writes it (scores given, batch-calibrated ones too if given;
+    no training)."""
     import dataclasses
 
     config = dataclasses.replace(load_sequence(args.sequence, data_root=str(args.data_root), method=method), seed=seed)
-    rows = [{"scores": {t: {"score": v, "n": 10, "seconds": 1.0} for t, v in zip(("a", "b"), row)},
-             "blank": {}, "train": {} if i == 0 else {"trainable_params": 100, "s_per_step": 2.0 + seed}} for i, row in enumerate(R)]
+    calibrated = calibrated or [[None] * len(row) for row in R]
+    rows = [{"scores": {t: {"score": v, "n": 10, "seconds": 1.0, **({"batch_calibrated": c} if c is not None else {})}
+                        for t, v, c in zip(("a", "b"), row, crow)},
+             "blank": {}, "train": {} if i == 0 else {"trainable_params": 100, "s_per_step": 2.0 + seed}} for i, (row, crow) in enumerate(zip(R, calibrated))]
     results = build_results(run_info(config), rows)
     out = out or args.work / method / f"seed{seed}"
     out.mkdir(parents=True)
@@ -66,7 +69,8 @@ def test_aggregate_mean_std_over_seeds(setup, tmp_path):
     args = setup
     _fake_run(args, "m1", 0, [[0.5, 0.5], [0.8, 0.5], [0.4, 0.9]])  # forgetting (0.8 - 0.4) / 0.8 = 0.5, BWT -0.4
     _fake_run(args, "m1", 1, [[0.5, 0.5], [1.0, 0.5], [0.7, 0.9]])  # forgetting 0.3, BWT -0.3
-    _fake_run(args, "m2", 0, [[0.5, 0.5], [0.8, 0.5], [0.8, 0.7]])  # no forgetting
+    _fake_run(args, "m2", 0, [[0.5, 0.5], [0.8, 0.5], [0.8, 0.7]],  # no forgetting
+              calibrated=[[0.5, 0.5], [0.9, 0.5], [0.6, 0.8]])  # calibrated: (0.9 - 0.6) / 0.9, final avg 0.7
     results = grid.aggregate(args, [("m1", 0), ("m1", 1), ("m2", 0), ("m2", 1)])
     m1, m2 = results["m1"], results["m2"]
     assert m1["seeds"] == [0, 1] and m1["complete"] and not m2["complete"]
@@ -80,7 +84,10 @@ def test_aggregate_mean_std_over_seeds(setup, tmp_path):
     table = grid.markdown(results)
     assert "| m1 | 0,1 | 40.0 ± 14.1 | 72.5 ± 10.6 | -35.0 ± 7.1 |" in table
     # per run: own = R[i+1][i], final = R[-1]; no start-model hash -> the first build; no blank control -> —
-    assert "| m1 | 1 | first | 100.0 / 70.0 | 90.0 (—) | 30.0 | 80.0 | -30.0 |" in table
+    assert "| m1 | 1 | first | 100.0 / 70.0 | 90.0 (—) | 30.0 | 80.0 | -30.0 | — / — |" in table
+    calibrated = m2["runs"]["0"]["metrics_batch_calibrated"]
+    assert calibrated["forgetting"] == pytest.approx(1 / 3) and calibrated["bwt"] == pytest.approx(-0.3)
+    assert "| m2 | 0 | first | 80.0 / 80.0 | 70.0 (—) | 0.0 | 75.0 | 0.0 | 33.3 / 70.0 |" in table
     grid.write(results, tmp_path / "out.json")
     assert json.loads((tmp_path / "out.json").read_text())["m1"]["bwt_mean"] == pytest.approx(-0.35)
     assert (tmp_path / "out.png").stat().st_size > 0 and (tmp_path / "out.md").is_file()

@@ -101,7 +101,8 @@ def test_tiny_sequence_end_to_end_and_resume(sequence, tmp_path, capsys):
     assert sum(colours["pred_share"].values()) == pytest.approx(1.0)
     assert set(colours["acc_by_answer"]) == {"red", "blue"}  # 2 test images each: accuracy = mean recall
     assert sum(colours["acc_by_answer"].values()) / 2 == pytest.approx(colours["score"])
-    assert 0.0 <= colours["rank_auc"] <= 1.0
+    assert 0.0 <= colours["rank_auc"] <= 1.0 and 0.0 <= colours["batch_calibrated"] <= 1.0
+    assert "R_batch_calibrated" not in results  # the synthetic task is generated, not ranked: no calibrated R
     assert results["blank_own"]["colours"] == rows[1]["blank"]["colours"]["score"]
     assert results["trainable_params"] == rows[1]["train"]["trainable_params"]
     for name in ("results.md", "R_heatmap.png", "R_lines.png", "routing.png"):
@@ -151,6 +152,8 @@ def _check_answers(out: Path, sequence: Path, rows: list[dict], R: list[list[flo
     assert colours["image"]["score"] == R[1][0]
     assert colours["image"]["gold_logprob"] == pytest.approx(rows[1]["scores"]["colours"]["gold_logprob"], abs=1e-6)
     assert colours["blank"]["score"] == rows[1]["blank"]["colours"]["score"]
+    # the runner's batch-calibrated score is the calibration of the same likelihoods answers.py keeps
+    assert colours["batch"]["score"] == pytest.approx(rows[1]["scores"]["colours"]["batch_calibrated"])
     for kind in ("contextual", "batch"):
         calibrated = colours[kind]
         assert calibrated["n"] == 4 and sum(calibrated["pred_share"].values()) == pytest.approx(1.0)
