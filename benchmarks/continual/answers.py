@@ -14,10 +14,11 @@ scores still separate the answers when the decisions all fall on one side; rows 
     python benchmarks/continual/answers.py --summary   # -> benchmarks/results/continual_calibration.md
 
 Each file also holds the tasks' scores under two calibrations of the answer prior
-(:mod:`medqwen.eval.calibration`, no labels needed): "contextual" divides out the prior the model shows with a
-blank image, "batch" the mean answer probability over the task's evaluated images; and every question's
-candidate log-likelihoods. With rows 1..T of a run, ``--summary`` tabulates its forgetting each way. The run's fingerprint must match the
-arguments (the same check as resuming it). A few minutes per task and row (image and blank scoring).
+(:mod:`medqwen.eval.calibration`, no labels needed): "contextual" divides out the prior the model shows with
+a blank image, "batch" the mean answer probability over the task's evaluated images; and every question's
+candidate log-likelihoods. With rows 1..T of a run, ``--summary`` tabulates its forgetting each way. The
+run's fingerprint must match the arguments (the same check as resuming it). A few minutes per task and row
+(image and blank scoring).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 def score_row(config, run_dir: Path, row: int, task_names: list[str] | None) -> dict:
     """The model after task ``row`` on the tasks trained so far: scored with the image, blank, and calibrated."""
     from medqwen.continual.runner import ContinualRunner, make_stage
-    from medqwen.continual.tasks import answer_breakdown, score_task
+    from medqwen.continual.tasks import answer_breakdown, records_accuracy, score_task
     from medqwen.eval.calibration import batch_calibration, contextual_calibration
     from medqwen.training.batches import supports_feature_cache
 
@@ -101,8 +102,7 @@ def score_row(config, run_dir: Path, row: int, task_names: list[str] | None) -> 
                   for kind, blank in (("image", False), ("blank", True))}
         image, blank = scores["image"].pop("records"), scores["blank"].pop("records")
         for kind, calibrated in (("contextual", contextual_calibration(image, blank)), ("batch", batch_calibration(image))):
-            scores[kind] = {"score": sum(r["pred"] == r["answer"] for r in calibrated) / len(calibrated),
-                            "n": len(calibrated), **answer_breakdown(calibrated)}
+            scores[kind] = {"score": records_accuracy(calibrated), "n": len(calibrated), **answer_breakdown(calibrated)}
         # the log-likelihoods themselves (4 decimals), for any other offline analysis
         scores["records"] = {"answer": [r["answer"] for r in image], **{
             kind: [{c: round(v, 4) for c, v in r["scores"].items()} for r in recs] for kind, recs in (("image", image), ("blank", blank))}}

@@ -98,14 +98,17 @@ def ranking_auc(records: Sequence[dict]) -> float | None:
     return float(roc_auc([options.index(r["answer"]) for r in kept], probs))
 
 
+def records_accuracy(records: Sequence[dict]) -> float:
+    """The share of ranking records whose ``pred`` is the reference ``answer``."""
+    return sum(r["pred"] == r["answer"] for r in records) / max(1, len(records))
+
+
 def score_task(
     model, task: TaskConfig, samples: Sequence[Sample], *, cache=None, blank_images: bool = False,
     batch_size: int = 32, max_new_tokens: int = 12, keep_records: bool = False,
 ) -> dict[str, Any]:
-    """{"score", "n", "scorer", ["gold_logprob", "pred_share", "acc_by_answer", "rank_auc", "batch_calibrated"], "seconds"} of
-    ``model`` on a
-    task's eval samples,
-    by the registered evaluators of :mod:`medqwen.eval`.
+    """{"score", "n", "scorer", ["gold_logprob", "pred_share", "acc_by_answer", "rank_auc", "batch_calibrated"],
+    "seconds"} of ``model`` on a task's eval samples, by the registered evaluators of :mod:`medqwen.eval`.
 
     ``closed_rank``: accuracy of the most likely candidate (the "rank" evaluator with the sequence
     scorer: log p(candidate | image, question) of every candidate, each question's prompt run once on
@@ -125,8 +128,7 @@ def score_task(
         score = metrics["acc"]
         extra["gold_logprob"] = metrics["gold_logprob"]
         extra.update(answer_breakdown(metrics["records"]))
-        calibrated = batch_calibration(metrics["records"])
-        extra["batch_calibrated"] = sum(r["pred"] == r["answer"] for r in calibrated) / max(1, len(calibrated))
+        extra["batch_calibrated"] = records_accuracy(batch_calibration(metrics["records"]))
         if keep_records:
             extra["records"] = metrics["records"]
     else:
