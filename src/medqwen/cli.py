@@ -185,7 +185,7 @@ def continual(config: Path, method: str | None = None, seed: int | None = None, 
 def _print_scores(scores: dict) -> None:
     for name, metrics in scores.items():
         keys = ("closed_acc", "open_recall", "exact_match", "blank_image/closed_acc", "blank_image/open_recall",
-                "acc", "blank_image/acc", "majority", "bleu_4", "rouge_l", "meteor", "cider_d", "accuracy", "f1", "yes_ratio")
+                "acc", "batch_calibrated/acc", "blank_image/acc", "majority", "bleu_4", "rouge_l", "meteor", "cider_d", "accuracy", "f1", "yes_ratio")
         shown = {k: metrics[k] for k in keys if k in metrics}
         print(f"{name}: " + ", ".join(f"{k}={v:.3f}" for k, v in shown.items()) + f" (n={metrics.get('n')})")
 

@@ -9,7 +9,6 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from medqwen.data import Sample, normalize_answer, read_dataset
-from medqwen.eval.calibration import batch_calibration
 from medqwen.eval.evaluators import EvalSettings, evaluate_ranking, evaluate_vqa
 from medqwen.training.config import DataSpec
 
@@ -128,7 +127,7 @@ def score_task(
         score = metrics["acc"]
         extra["gold_logprob"] = metrics["gold_logprob"]
         extra.update(answer_breakdown(metrics["records"]))
-        extra["batch_calibrated"] = records_accuracy(batch_calibration(metrics["records"]))
+        extra["batch_calibrated"] = metrics["batch_calibrated/acc"]
         if keep_records:
             extra["records"] = metrics["records"]
     else:

@@ -178,10 +178,12 @@ def evaluate_ranking(
 ) -> Iterator[tuple[str, Any]]:
     """Closed questions scored by ranking their candidate answers' likelihoods (no generation; see
     :mod:`.ranking`): ``acc``; with ``scorer="sequence"`` also ``gold_logprob``, the mean
-    log-likelihood of the reference answer (it moves before the accuracy does); with
+    log-likelihood of the reference answer (it moves before the accuracy does); ``batch_calibrated/acc``,
+    the accuracy with the answer prior over these samples divided out (:mod:`.calibration`, transductive); with
     ``blank_control`` ``blank_image/acc``; ``n`` and ``majority`` (the most common answer's share)."""
     from medqwen.data.grounding import majority_share
 
+    from .calibration import batch_calibration
     from .ranking import candidate_scores, most_likely
 
     start = time.perf_counter()
@@ -189,7 +191,11 @@ def evaluate_ranking(
     kwargs = {"scorer": scorer, "cache": cache, "batch_size": settings.batch_size}
     candidates, scores = candidate_scores(model, samples, blank_images=settings.blank_images, **kwargs)
     predictions = most_likely(candidates, scores)
+    records = [{"question": s.question, "answer": s.answer, "pred": p, "scores": dict(zip(options, row))}
+               for s, p, options, row in zip(samples, predictions, candidates, scores)]
     yield "acc", _accuracy(predictions, samples)
+    calibrated = [r["pred"] for r in batch_calibration(records)]
+    yield "batch_calibrated/acc", _accuracy(calibrated, samples)
     if scorer == "sequence":
         gold = [row[options.index(s.answer)] for s, options, row in zip(samples, candidates, scores)]
         yield "gold_logprob", sum(gold) / max(1, len(gold))
@@ -197,8 +203,7 @@ def evaluate_ranking(
         yield "blank_image/acc", _accuracy(most_likely(*candidate_scores(model, samples, blank_images=True, **kwargs)), samples)
     yield "n", len(samples)
     yield "majority", majority_share(samples)
-    yield "records", [{"question": s.question, "answer": s.answer, "pred": p, "scores": dict(zip(options, row))}
-                      for s, p, options, row in zip(samples, predictions, candidates, scores)]
+    yield "records", records
     yield "seconds", time.perf_counter() - start
 
 

@@ -15,6 +15,7 @@ from medqwen.errors import ConfigError
 from medqwen.eval import (EVALUATORS, EvalSettings, caption_scores, evaluate_captions, evaluate_pope,
                           evaluate_ranking, evaluate_vqa, get_evaluator, pope_scores, predict, register,
                           registered_tasks, vqa_scores)
+from medqwen.eval.calibration import batch_calibration
 from medqwen.eval.evaluators import records_for
 from medqwen.eval.ranking import candidate_logprobs, rank_answers
 from medqwen.models import tiny_mini
@@ -99,6 +100,8 @@ def test_rank_evaluator_accuracy_gold_logprob_and_blank_control(model):
     assert result["blank_image/acc"] == sum(p == q.answer for p, q in zip(blank, questions)) / 4
     assert result["n"] == 4 and result["majority"] == 0.5 and "gold_logprob" not in result
     assert [r["pred"] for r in result["records"]] == picked
+    calibrated = batch_calibration(result["records"])
+    assert result["batch_calibrated/acc"] == sum(r["pred"] == q.answer for r, q in zip(calibrated, questions)) / 4
     sequence = dict(evaluate_ranking(model, questions, replace(settings, blank_control=False), scorer="sequence"))
     scores = candidate_logprobs(model, questions, [q.extra["candidates"] for q in questions])
     gold = [row[["yes", "no"].index(q.answer)] for q, row in zip(questions, scores)]
