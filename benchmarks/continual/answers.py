@@ -116,6 +116,8 @@ def summarize(folder: Path) -> list[dict]:
     """Per run with row files: each task's relative forgetting (best score after its own training and
     before the last task, vs the final score; :mod:`medqwen.continual.metrics`) and the final average,
     as scored and under both calibrations (``KINDS``)."""
+    from medqwen.continual import metrics
+
     runs: dict[tuple[str, int], dict[int, dict]] = {}
     for path in sorted(folder.glob("*_row*.json")):
         data = json.loads(path.read_text())
@@ -129,16 +131,13 @@ def summarize(folder: Path) -> list[dict]:
             continue  # not every row yet, or files written before calibration was scored
         entry = {"method": method, "seed": seed, "tasks": names}
         for kind in KINDS:
-            score = {(i, j): rows[i]["tasks"][name][kind]["score"] for i in rows for j, name in enumerate(names)
-                     if name in rows[i]["tasks"]}
-            forgetting = []
-            for j in range(T - 1):
-                best = max(score[i, j] for i in range(j + 1, T))
-                forgetting.append((best - score[T, j]) / best if best else None)
-            defined = [f for f in forgetting if f is not None]
-            entry[kind] = {"own": [score[j + 1, j] for j in range(T)], "final": [score[T, j] for j in range(T)],
-                           "forgetting": forgetting, "forgetting_mean": sum(defined) / len(defined) if defined else None,
-                           "final_avg": sum(score[T, j] for j in range(T)) / T}
+            # R with the cells this analysis does not score (row 0, tasks not yet trained) as 0: the
+            # forgetting and final-average definitions never read them
+            R = [[rows[i]["tasks"][name][kind]["score"] if i and name in rows[i]["tasks"] else 0.0 for name in names]
+                 for i in range(T + 1)]
+            forgetting = metrics.relative_forgetting(R)[:-1]
+            entry[kind] = {"own": [R[j + 1][j] for j in range(T)], "final": R[T], "forgetting": forgetting,
+                           "forgetting_mean": metrics.mean_defined(forgetting), "final_avg": metrics.final_average(R)}
         table.append(entry)
     return table
 

@@ -35,6 +35,11 @@ def _log_softmax(scores: dict[str, float]) -> dict[str, float]:
     return {k: v - log_total for k, v in scores.items()}
 
 
+def _rescored(record: dict, calibrated: dict[str, float]) -> dict:
+    # ties break as most_likely does: the first candidate in the record's order
+    return {**record, "pred": max(calibrated, key=lambda c: calibrated[c]), "scores": calibrated}
+
+
 def contextual_calibration(records: Sequence[dict], blank_records: Sequence[dict]) -> list[dict]:
     """``records`` with ``pred`` replaced by the calibrated argmax and ``scores`` by the calibrated scores.
 
@@ -50,10 +55,7 @@ def contextual_calibration(records: Sequence[dict], blank_records: Sequence[dict
             raise ValueError(f"record {i}: question or candidates differ between the image and blank-image records "
                              f"({rec['question']!r} {sorted(rec['scores'])} vs {blank['question']!r} {sorted(blank['scores'])})")
         image, prior = _log_softmax(rec["scores"]), _log_softmax(blank["scores"])
-        calibrated = {c: image[c] - prior[c] for c in rec["scores"]}
-        # ties break as most_likely does: the first candidate in the record's order
-        pred = max(calibrated, key=lambda c: calibrated[c])
-        out.append({**rec, "pred": pred, "scores": calibrated})
+        out.append(_rescored(rec, {c: image[c] - prior[c] for c in rec["scores"]}))
     return out
 
 
@@ -69,8 +71,4 @@ def batch_calibration(records: Sequence[dict]) -> list[dict]:
         mean = {c: sum(math.exp(normalised[i][c]) for i in members) / len(members) for c in options}
         for i in members:
             log_prior[i] = {c: math.log(mean[c]) for c in options}
-    out = []
-    for i, rec in enumerate(records):
-        calibrated = {c: normalised[i][c] - log_prior[i][c] for c in rec["scores"]}
-        out.append({**rec, "pred": max(calibrated, key=lambda c: calibrated[c]), "scores": calibrated})
-    return out
+    return [_rescored(rec, {c: normalised[i][c] - log_prior[i][c] for c in rec["scores"]}) for i, rec in enumerate(records)]

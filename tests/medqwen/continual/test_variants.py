@@ -46,4 +46,3 @@ def test_table_puts_variants_beside_the_references_of_the_same_seed(tmp_path, mo
     assert rows[1]["tasks"]["a"] == {"own": 1.0, "blank": 0.5, "final": 0.9, "train_loss": 0.1}
     table = variants.markdown(rows)
     assert "| sslora_lr | sslora desc | 0.001 | 10.0 | 85.0 | -10.0 | 100.0 (50.0) / 90.0 | 80.0 (50.0) / 80.0 | abababababab |" in table
-
