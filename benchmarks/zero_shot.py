@@ -25,6 +25,7 @@ to benchmarks/results/zero_shot.json.
     python benchmarks/zero_shot.py --data-root ../shared/data                 # everything, resumable
     python benchmarks/zero_shot.py --data-root ../shared/data --only sslora --seeds 0
     python benchmarks/zero_shot.py --params-only                              # just the parameter table
+    python benchmarks/zero_shot.py --summary-only                             # re-summarize finished runs
     python benchmarks/zero_shot.py --data-root ../shared/data --quick         # smoke run (work dir only)
 """
 
@@ -222,6 +223,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny subsets, a few steps, one seed; "
                         "writes only under --work/quick, never to benchmarks/results")
     parser.add_argument("--params-only", action="store_true", help="compute the parameter table and write it to the results file")
+    parser.add_argument("--summary-only", action="store_true", help="rewrite the results file's summary from the finished run files")
     for key in ("steps", "batch_size", "per_class", "align_steps", "image_size", "eval_limit"):
         parser.add_argument("--" + key.replace("_", "-"), type=int, help=f"override {key} (full default {FULL[key]})")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -241,6 +243,9 @@ def main() -> None:
         data = json.loads(results_file.read_text()) if results_file.is_file() else {}
         _write_json(results_file, {**data, "param_table": table})
         return
+    if args.summary_only:
+        print(markdown(write_summary(results_file, runs_dir, cfg, table)), flush=True)
+        return
     if not args.data_root:
         parser.error("--data-root is required (except with --params-only)")
     seeds = args.seeds[:1] if args.quick else args.seeds
@@ -258,10 +263,16 @@ def main() -> None:
             out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
             _write_json(target, json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
             shutil.rmtree(checkpoint_dir(work, method, seed), ignore_errors=True)
-            summary = summarize([json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))])
-            config = {k: v for k, v in cfg.items()} | {"lr": LR, "eval_tasks": EVAL_TASKS, "r": 32, "num_experts": 8, "top_k": 2}
-            _write_json(results_file, {**summary, "param_table": table, "_setup": config, "_command": COMMAND})
-            print(markdown(summary), flush=True)
+            print(markdown(write_summary(results_file, runs_dir, cfg, table)), flush=True)
+
+
+def write_summary(results_file: Path, runs_dir: Path, cfg: dict, table: dict) -> dict:
+    """Summarize every finished run file into the results file (re-read from disk, so parallel drivers
+    that finish together still leave a complete summary once either is re-run with --summary-only)."""
+    summary = summarize([json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))])
+    config = dict(cfg) | {"lr": LR, "eval_tasks": EVAL_TASKS, "r": 32, "num_experts": 8, "top_k": 2}
+    _write_json(results_file, {**summary, "param_table": table, "_setup": config, "_command": COMMAND})
+    return summary
 
 
 if __name__ == "__main__":

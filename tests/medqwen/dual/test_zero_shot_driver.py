@@ -35,3 +35,17 @@ def test_summary_layout(driver):
     assert lora["a"]["acc"] == pytest.approx(0.7) and lora["a"]["acc_std"] == pytest.approx(0.1414, abs=1e-4)
     assert lora["average"]["acc"] == pytest.approx((0.7 + 0.35) / 2)  # mean over datasets of the seed means
     assert "| lora |" in driver.markdown(summary)
+
+
+def test_write_summary_reads_every_finished_run(driver, tmp_path):
+    import json
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for run in (_run("lora", 0, 0.8), _run("lora", 1, 0.6), _run("sslora", 0, 0.5)):
+        (runs / f"{run['method']}_seed{run['seed']}.json").write_text(json.dumps(run))
+    results = tmp_path / "zero_shot.json"
+    driver.write_summary(results, runs, {"steps": 3}, {"rows": []})
+    written = json.loads(results.read_text())
+    assert written["lora"]["average"]["seeds"] == [0, 1] and written["sslora"]["average"]["seeds"] == [0]
+    assert written["_setup"]["steps"] == 3 and written["param_table"] == {"rows": []}
