@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 
@@ -38,8 +39,6 @@ def test_summary_layout(driver):
 
 
 def test_write_summary_reads_every_finished_run(driver, tmp_path):
-    import json
-
     runs = tmp_path / "runs"
     runs.mkdir()
     for run in (_run("lora", 0, 0.8), _run("lora", 1, 0.6), _run("sslora", 0, 0.5)):
