@@ -34,6 +34,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from medqwen.continual.summary import markdown, method_entries, summarize_method, write
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -41,7 +43,6 @@ SEQUENCE = HERE / "sequence.yaml"
 HEADLINE = ("lora", "sslora", "moelora")  # the comparison users ask about first: a partial grid answers it
 BASELINES = ("pissa", "milora", "full_ft")
 ABLATION_REFERENCES = ("sslora", "moelora")  # rows of the ablation table that the headline grid already runs
-SEED_MARKERS = ("o", "^", "s", "D", "v")
 SMOKE = {"max_steps": 2, "max_train": 16, "max_eval": 8}
 
 
@@ -53,6 +54,23 @@ SINGLE_SEED = 1
 # paper's own setting), then the paper's init and expert-count table.
 ABLATION_PRIORITY = ("no_balance_loss", "scaling_expert_rank", "paper_setting", "init_random", "init_principal",
                      "init_minor", "init_zero", "init_spectral_fixed_scale")
+
+
+# The paper's ablation table (issue 7, point 5) as sections of the ablations (and the reference methods) by name.
+ABLATION_TABLE = (
+    ("init (2-of-8, total rank 32)", ("scaling rule", "fixed scale 2"), (
+        ("spectral", ("sslora", "init_spectral_fixed_scale")),
+        ("principal", ("init_principal", "init_principal_fixed_scale")),
+        ("minor", ("init_minor", "init_minor_fixed_scale")),
+        ("random", ("init_random", "init_random_fixed_scale")),
+        ("zero", ("init_zero", "moelora")))),
+    ("experts at total rank 32 (spectral, scaling rule)", ("",), (
+        ("1-of-8", ("experts_1of8",)), ("2-of-8", ("sslora",)), ("4-of-8", ("experts_4of8",)), ("2-of-4", ("experts_2of4",)))),
+    ("total rank (spectral, 2-of-8, scaling rule)", ("",), (("8", ("rank8",)), ("32", ("sslora",)))),
+    ("what separates the tasks, the scale's size", ("",), (
+        ("SSLoRA (reference)", ("sslora",)), ("no balance loss", ("no_balance_loss",)),
+        ("s from the per-expert rank", ("scaling_expert_rank",)), ("both (the paper's setting)", ("paper_setting",)))),
+)
 
 
 def ablation_names() -> list[str]:
@@ -209,34 +227,6 @@ def run_status(args, method: str, seed: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------- aggregation
-def summarize_method(runs: dict[int, dict], planned: list[int]) -> dict:
-    from medqwen.continual import mean_std
-
-    seeds = sorted(runs)
-
-    def metric(key: str) -> list:
-        return [runs[s]["metrics"][key] for s in seeds]
-
-    out = {"description": runs[seeds[0]]["method"].get("description", ""), "seeds": seeds, "seeds_planned": planned,
-           "complete": set(planned) <= set(seeds)}
-    for key in ("forgetting", "final_avg", "bwt", "fwt", "learning_acc", "absolute_forgetting"):
-        out[f"{key}_mean"], out[f"{key}_std"] = mean_std(metric(key))
-    out["trainable_params"] = runs[seeds[0]]["trainable_params"]
-    out["s_per_step"] = mean_std([runs[s]["s_per_step"] for s in seeds])[0]
-    tasks = [t["name"] for t in runs[seeds[0]]["tasks"]]
-    out["per_task"] = {
-        task: {f"{key}_mean": mean_std([runs[s]["metrics"]["per_task"][task][key] for s in seeds])[0]
-               for key in ("before", "after_own_training", "blank_after_own_training", "best_earlier", "final", "relative_forgetting")}
-        for task in tasks
-    }
-    out["runs"] = {str(s): {"R": runs[s]["R"], "blank_own": runs[s]["blank_own"], "R_gold_logprob": runs[s].get("R_gold_logprob"),
-                            "metrics": {k: runs[s]["metrics"][k] for k in ("forgetting", "final_avg", "bwt", "fwt", "learning_acc")},
-                            "metrics_batch_calibrated": runs[s].get("metrics_batch_calibrated"),
-                            "s_per_step": runs[s]["s_per_step"], "dir": runs[s].get("output_dir"),
-                            "start_model": runs[s]["model"], "start_model_sha256": runs[s].get("model_sha256")} for s in seeds}
-    return out
-
-
 def aggregate(args, runs_planned: list[tuple[str, int]]) -> dict:
     planned: dict[str, list[int]] = {}
     given = {run_name(method): method for method, _ in runs_planned}  # a run's name -> the method as given
@@ -283,96 +273,6 @@ def aggregate(args, runs_planned: list[tuple[str, int]]) -> dict:
     return out
 
 
-def pct(value) -> str:
-    return "—" if value is None else f"{100 * value:.1f}"
-
-
-def pm(entry: dict, key: str) -> str:
-    """mean ± std in % points."""
-    std = entry.get(f"{key}_std")
-    return pct(entry.get(f"{key}_mean")) + ("" if std is None else f" ± {100 * std:.1f}")
-
-
-def method_entries(results: dict) -> list[tuple[str, dict]]:
-    rows = [(k, v) for k, v in results.items() if isinstance(v, dict) and "seeds" in v]
-    return rows + [(k, v) for k, v in results.get("ablations", {}).items() if isinstance(v, dict) and "seeds" in v]
-
-
-def markdown(results: dict) -> str:
-    tasks = [t["name"] for t in results["sequence"]["tasks"]]
-    lines = [f"Sequence {results['sequence']['name']}: " + " -> ".join(f"{t} ({results['scorers'][t]})" for t in tasks),
-             "", "| method | seeds | rel. forgetting % | final avg % | BWT (points) | FWT | " +
-             " | ".join(f"{t}: own / blank / final" for t in tasks) + " | trainable params | s/step |",
-             "|---|---|---:|---:|---:|---:|" + "---:|" * len(tasks) + "---:|---:|"]
-    for name, m in method_entries(results):
-        per = " | ".join(f"{pct(m['per_task'][t]['after_own_training_mean'])} / {pct(m['per_task'][t]['blank_after_own_training_mean'])}"
-                         f" / {pct(m['per_task'][t]['final_mean'])}" for t in tasks)
-        params = f"{m['trainable_params']:,}" if m.get("trainable_params") is not None else "—"
-        sps = f"{m['s_per_step']:.2f}" if m.get("s_per_step") is not None else "—"
-        lines.append(f"| {name} | {','.join(map(str, m['seeds']))} | {pm(m, 'forgetting')} | {pm(m, 'final_avg')} | "
-                     f"{pm(m, 'bwt')} | {pct(m.get('fwt_mean'))} | {per} | {params} | {sps} |")
-    lines += ["", "Each run (build: the first 8 hex digits of the start model's sha256; runs without one started from "
-              "the recipe's first build, lost before fingerprints were kept):", ""]
-    return "\n".join(lines + run_rows(results, tasks)) + "\n"
-
-
-def run_rows(results: dict, tasks: list[str]) -> list[str]:
-    """One Markdown row per (method, seed): own / final score per task, the last task's blank control, the metrics."""
-    header = " | ".join(f"{t}: own / final" for t in tasks[:-1]) + f" | {tasks[-1]}: own (blank)"
-    lines = [f"| method | seed | build | {header} | rel. forgetting % | final avg % | BWT (points) | batch-calibrated: forgetting % / final avg % |",
-             "|---|---:|---|" + "---:|" * (len(tasks) + 4)]
-    for name, m in method_entries(results):
-        for seed, run in sorted(m["runs"].items(), key=lambda item: int(item[0])):
-            R, own = run["R"], [run["R"][i + 1][i] for i in range(len(tasks))]
-            cells = [f"{pct(own[j])} / {pct(R[-1][j])}" for j in range(len(tasks) - 1)]
-            cells.append(f"{pct(own[-1])} ({pct(run['blank_own'][tasks[-1]])})")
-            build = (run.get("start_model_sha256") or "first")[:8]
-            metrics, calibrated = run["metrics"], run.get("metrics_batch_calibrated") or {}
-            lines.append(f"| {name} | {seed} | {build} | " + " | ".join(cells) + f" | {pct(metrics['forgetting'])} | "
-                         f"{pct(metrics['final_avg'])} | {100 * metrics['bwt']:.1f} | "
-                         f"{pct(calibrated.get('forgetting'))} / {pct(calibrated.get('final_avg'))} |")
-    return lines
-
-
-def plot(results: dict, path: Path) -> Path:
-    """Bars per method: mean relative forgetting and final average accuracy, ± std over seeds, and each seed's
-    run as a marker (seeds differ by more than methods do here, so a bar alone would mislead)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from medqwen.continual.io import save_figure
-
-    entries = method_entries(results)
-    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * len(entries) + 3), 3.6), layout="constrained")
-    for ax, key, title in ((axes[0], "forgetting", "mean relative forgetting %"), (axes[1], "final_avg", "final average accuracy %")):
-        means = [100 * (m.get(f"{key}_mean") or 0.0) for _, m in entries]
-        stds = [100 * (m.get(f"{key}_std") or 0.0) for _, m in entries]
-        ax.bar(range(len(entries)), means, yerr=stds, capsize=3, color="tab:blue", alpha=0.55)
-        for x, (_, m) in enumerate(entries):
-            for seed, run in sorted(m["runs"].items(), key=lambda item: int(item[0])):
-                ax.scatter(x + 0.12 * (int(seed) - 1), 100 * run["metrics"][key], color="black", zorder=3, s=16,
-                           marker=SEED_MARKERS[int(seed) % len(SEED_MARKERS)], label=f"seed {seed}")
-        handles = dict(zip(*reversed(ax.get_legend_handles_labels())))  # one entry per seed
-        ax.legend([handles[k] for k in sorted(handles)], sorted(handles), fontsize=7, loc="best")
-        ax.set_xticks(range(len(entries)), [f"{name}\n(n={len(m['seeds'])})" for name, m in entries], rotation=45, ha="right", fontsize=8)
-        ax.set_title(title, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-    try:
-        return save_figure(fig, path)
-    finally:
-        plt.close(fig)
-
-
-def write(results: dict, path: Path) -> None:
-    from medqwen.continual.io import write_json, write_text
-
-    plot(results, path.with_suffix(".png"))
-    write_text(path.with_suffix(".md"), markdown(results))
-    write_json(path, results)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, required=True, help="e.g. ../shared/data")
@@ -417,10 +317,10 @@ def main(argv: list[str] | None = None) -> int:
             status[f"{method}/seed{seed}"] = run_one(args, method, seed)
             results = aggregate(args, runs)
             if results and not args.dry_run:
-                write(results, args.results)
+                write(results, args.results, ABLATION_TABLE, SINGLE_SEED)
     results = aggregate(args, runs)
     if results and not args.dry_run:
-        write(results, args.results)
+        write(results, args.results, ABLATION_TABLE, SINGLE_SEED)
         print(markdown(results))
         print(f"aggregated {sum(len(m['seeds']) for _, m in method_entries(results))} runs -> {args.results}")
     failed = {k: v for k, v in status.items() if v.startswith("failed")}

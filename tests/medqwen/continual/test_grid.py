@@ -190,3 +190,11 @@ def test_the_data_folder_is_not_part_of_the_configuration(setup, tmp_path):
     args.var = None
     args.max_eval = 3  # while a real change still counts
     assert grid.expected_fingerprint(args, "m1", 0) != first
+
+
+def test_ablation_table_names_every_ablation_once_and_only_known_methods():
+    named = [n for _, _, rows in grid.ABLATION_TABLE for _, names in rows for n in names]
+    methods = {p.stem for p in (REPO / "benchmarks" / "continual" / "methods").glob("*.yaml")}
+    assert set(named) <= set(grid.ablation_names()) | methods
+    ablations = [n for n in named if n in grid.ablation_names()]
+    assert sorted(ablations) == sorted(grid.ablation_names())  # each ablation has exactly one cell

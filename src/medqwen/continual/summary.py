@@ -1,0 +1,167 @@
+"""Several continual runs summarised: per method mean ± std over seeds, one row per run, the ablation table,
+a bar chart. The input is the aggregate a grid builds from runs' results.json (see
+benchmarks/continual/grid.py): {sequence, scorers, <method>: summarize_method(...), ablations: {...}}.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .io import save_figure, write_json, write_text
+from .metrics import mean_std
+
+SEED_MARKERS = ("o", "^", "s", "D", "v")
+# An ablation layout: sections of (title, column headings, rows of (label, one method name per column)).
+AblationLayout = Sequence[tuple[str, Sequence[str], Sequence[tuple[str, Sequence[str]]]]]
+
+
+def summarize_method(runs: dict[int, dict], planned: list[int]) -> dict:
+    seeds = sorted(runs)
+
+    def metric(key: str) -> list:
+        return [runs[s]["metrics"][key] for s in seeds]
+
+    out = {"description": runs[seeds[0]]["method"].get("description", ""), "seeds": seeds, "seeds_planned": planned,
+           "complete": set(planned) <= set(seeds)}
+    for key in ("forgetting", "final_avg", "bwt", "fwt", "learning_acc", "absolute_forgetting"):
+        out[f"{key}_mean"], out[f"{key}_std"] = mean_std(metric(key))
+    out["trainable_params"] = runs[seeds[0]]["trainable_params"]
+    out["s_per_step"] = mean_std([runs[s]["s_per_step"] for s in seeds])[0]
+    tasks = [t["name"] for t in runs[seeds[0]]["tasks"]]
+    out["per_task"] = {
+        task: {f"{key}_mean": mean_std([runs[s]["metrics"]["per_task"][task][key] for s in seeds])[0]
+               for key in ("before", "after_own_training", "blank_after_own_training", "best_earlier", "final", "relative_forgetting")}
+        for task in tasks
+    }
+    out["runs"] = {str(s): {"R": runs[s]["R"], "blank_own": runs[s]["blank_own"], "R_gold_logprob": runs[s].get("R_gold_logprob"),
+                            "metrics": {k: runs[s]["metrics"][k] for k in ("forgetting", "final_avg", "bwt", "fwt", "learning_acc")},
+                            "metrics_batch_calibrated": runs[s].get("metrics_batch_calibrated"),
+                            "s_per_step": runs[s]["s_per_step"], "dir": runs[s].get("output_dir"),
+                            "start_model": runs[s]["model"], "start_model_sha256": runs[s].get("model_sha256")} for s in seeds}
+    return out
+
+
+def pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def pm(entry: dict, key: str) -> str:
+    """mean ± std in % points."""
+    std = entry.get(f"{key}_std")
+    return pct(entry.get(f"{key}_mean")) + ("" if std is None else f" ± {100 * std:.1f}")
+
+
+def method_entries(results: dict) -> list[tuple[str, dict]]:
+    rows = [(k, v) for k, v in results.items() if isinstance(v, dict) and "seeds" in v]
+    return rows + [(k, v) for k, v in results.get("ablations", {}).items() if isinstance(v, dict) and "seeds" in v]
+
+
+def markdown(results: dict) -> str:
+    tasks = [t["name"] for t in results["sequence"]["tasks"]]
+    lines = [f"Sequence {results['sequence']['name']}: " + " -> ".join(f"{t} ({results['scorers'][t]})" for t in tasks),
+             "", "| method | seeds | rel. forgetting % | final avg % | BWT (points) | FWT | " +
+             " | ".join(f"{t}: own / blank / final" for t in tasks) + " | trainable params | s/step |",
+             "|---|---|---:|---:|---:|---:|" + "---:|" * len(tasks) + "---:|---:|"]
+    for name, m in method_entries(results):
+        per = " | ".join(f"{pct(m['per_task'][t]['after_own_training_mean'])} / {pct(m['per_task'][t]['blank_after_own_training_mean'])}"
+                         f" / {pct(m['per_task'][t]['final_mean'])}" for t in tasks)
+        params = f"{m['trainable_params']:,}" if m.get("trainable_params") is not None else "—"
+        sps = f"{m['s_per_step']:.2f}" if m.get("s_per_step") is not None else "—"
+        lines.append(f"| {name} | {','.join(map(str, m['seeds']))} | {pm(m, 'forgetting')} | {pm(m, 'final_avg')} | "
+                     f"{pm(m, 'bwt')} | {pct(m.get('fwt_mean'))} | {per} | {params} | {sps} |")
+    lines += ["", "Each run (build: the first 8 hex digits of the start model's sha256; runs without one started from "
+              "the recipe's first build, lost before fingerprints were kept):", ""]
+    return "\n".join(lines + run_rows(results, tasks)) + "\n"
+
+
+def run_rows(results: dict, tasks: list[str]) -> list[str]:
+    """One Markdown row per (method, seed): own / final score per task, the last task's blank control, the metrics."""
+    header = " | ".join(f"{t}: own / final" for t in tasks[:-1]) + f" | {tasks[-1]}: own (blank)"
+    lines = [f"| method | seed | build | {header} | rel. forgetting % | final avg % | BWT (points) | batch-calibrated: forgetting % / final avg % |",
+             "|---|---:|---|" + "---:|" * (len(tasks) + 4)]
+    for name, m in method_entries(results):
+        for seed, run in sorted(m["runs"].items(), key=lambda item: int(item[0])):
+            R, own = run["R"], [run["R"][i + 1][i] for i in range(len(tasks))]
+            cells = [f"{pct(own[j])} / {pct(R[-1][j])}" for j in range(len(tasks) - 1)]
+            cells.append(f"{pct(own[-1])} ({pct(run['blank_own'][tasks[-1]])})")
+            build = (run.get("start_model_sha256") or "first")[:8]
+            metrics, calibrated = run["metrics"], run.get("metrics_batch_calibrated") or {}
+            lines.append(f"| {name} | {seed} | {build} | " + " | ".join(cells) + f" | {pct(metrics['forgetting'])} | "
+                         f"{pct(metrics['final_avg'])} | {100 * metrics['bwt']:.1f} | "
+                         f"{pct(calibrated.get('forgetting'))} / {pct(calibrated.get('final_avg'))} |")
+    return lines
+
+
+def plot(results: dict, path: Path) -> Path:
+    """Bars per method: mean relative forgetting and final average accuracy, ± std over seeds, and each seed's
+    run as a marker (seeds differ by more than methods do here, so a bar alone would mislead)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = method_entries(results)
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * len(entries) + 3), 3.6), layout="constrained")
+    for ax, key, title in ((axes[0], "forgetting", "mean relative forgetting %"), (axes[1], "final_avg", "final average accuracy %")):
+        means = [100 * (m.get(f"{key}_mean") or 0.0) for _, m in entries]
+        stds = [100 * (m.get(f"{key}_std") or 0.0) for _, m in entries]
+        ax.bar(range(len(entries)), means, yerr=stds, capsize=3, color="tab:blue", alpha=0.55)
+        for x, (_, m) in enumerate(entries):
+            for seed, run in sorted(m["runs"].items(), key=lambda item: int(item[0])):
+                ax.scatter(x + 0.12 * (int(seed) - 1), 100 * run["metrics"][key], color="black", zorder=3, s=16,
+                           marker=SEED_MARKERS[int(seed) % len(SEED_MARKERS)], label=f"seed {seed}")
+        handles = dict(zip(*reversed(ax.get_legend_handles_labels())))  # one entry per seed
+        ax.legend([handles[k] for k in sorted(handles)], sorted(handles), fontsize=7, loc="best")
+        ax.set_xticks(range(len(entries)), [f"{name}\n(n={len(m['seeds'])})" for name, m in entries], rotation=45, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def write(results: dict, path: Path, ablation_layout: AblationLayout | None = None, ablation_seed: int = 1) -> None:
+    """JSON at path, the Markdown tables (+ the ablation table when a layout is given and ablations ran) and the
+    bar chart beside it."""
+    text = markdown(results)
+    if ablation_layout and results.get("ablations"):
+        text += "\n" + ablation_markdown(results, ablation_layout, ablation_seed)
+    plot(results, path.with_suffix(".png"))
+    write_text(path.with_suffix(".md"), text)
+    write_json(path, results)
+
+
+
+def find_entry(results: dict, name: str) -> dict | None:
+    """A method's summary, whether a headline method or an ablation."""
+    entry = results.get(name)
+    if isinstance(entry, dict) and "seeds" in entry:
+        return entry
+    entry = results.get("ablations", {}).get(name)
+    return entry if isinstance(entry, dict) and "seeds" in entry else None
+
+
+def ablation_cell(results: dict, name: str, seed: int) -> str:
+    """'forgetting / final avg / learned' in % for one run (learned = mean own-task score right after training)."""
+    entry = find_entry(results, name)
+    run = (entry or {}).get("runs", {}).get(str(seed))
+    if run is None:
+        return f"pending ({name})"
+    m = run["metrics"]
+    return f"{pct(m['forgetting'])} / {pct(m['final_avg'])} / {pct(m.get('learning_acc'))} ({name})"
+
+
+def ablation_markdown(results: dict, layout: AblationLayout, seed: int) -> str:
+    """The ablation table, one Markdown table per section, every cell the run of `seed` (single-seed ablations
+    are compared with the reference methods' run of the same seed, not with their mean)."""
+    lines = [f"Ablations, seed {seed}; each cell: rel. forgetting % / final avg % / learned % (mean own-task score "
+             "right after its training), as scored; the method file in brackets."]
+    for title, columns, rows in layout:
+        lines += ["", f"| {title} | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+        for label, names in rows:
+            if len(names) != len(columns):
+                raise ValueError(f"ablation layout {title!r}, row {label!r}: {len(names)} methods for {len(columns)} columns")
+            lines.append(f"| {label} | " + " | ".join(ablation_cell(results, n, seed) for n in names) + " |")
+    return "\n".join(lines) + "\n"

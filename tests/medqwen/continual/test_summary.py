@@ -1,0 +1,34 @@
+"""medqwen.continual.summary: the ablation table picks each cell's run of the given seed, by name."""
+
+import pytest
+
+from medqwen.continual.summary import ablation_markdown, find_entry
+
+
+def _entry(runs: dict[int, tuple[float, float, float]]) -> dict:
+    return {"seeds": sorted(runs), "runs": {str(s): {"metrics": {"forgetting": f, "final_avg": a, "learning_acc": l}}
+                                            for s, (f, a, l) in runs.items()}}
+
+
+RESULTS = {
+    "sslora": _entry({0: (0.5, 0.5, 0.5), 1: (0.136, 0.664, 0.75)}),  # a headline method: seed 1 is used
+    "ablations": {"init_zero": _entry({1: (0.2, 0.6, 0.7)}), "references": {"sslora": "see the method"}},
+}
+LAYOUT = (("init", ("scaling rule", "fixed"), (("spectral", ("sslora", "spectral_fixed")), ("zero", ("init_zero", "moelora")))),)
+
+
+def test_ablation_table_cells_are_the_seed_runs():
+    table = ablation_markdown(RESULTS, LAYOUT, seed=1)
+    assert "| init | scaling rule | fixed |" in table
+    assert "| spectral | 13.6 / 66.4 / 75.0 (sslora) | pending (spectral_fixed) |" in table
+    assert "| zero | 20.0 / 60.0 / 70.0 (init_zero) | pending (moelora) |" in table
+    assert "50.0" not in table  # seed 0 of the reference is not the paired run
+
+
+def test_find_entry_skips_the_references_note():
+    assert find_entry(RESULTS, "references") is None and find_entry(RESULTS, "init_zero")["seeds"] == [1]
+
+
+def test_layout_row_of_the_wrong_width_is_refused():
+    with pytest.raises(ValueError, match="row 'spectral': 1 methods for 2 columns"):
+        ablation_markdown(RESULTS, (("init", ("a", "b"), (("spectral", ("sslora",)),)),), seed=1)
