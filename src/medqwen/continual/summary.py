@@ -17,6 +17,8 @@ AblationLayout = Sequence[tuple[str, Sequence[str], Sequence[tuple[str, Sequence
 
 
 def summarize_method(runs: dict[int, dict], planned: list[int]) -> dict:
+    """runs: seed -> that run's results.json; planned: the seeds the grid plans. Mean and sample std over the
+    seeds of each metric, the per-task means, and each run's R and metrics (the figures the tables need)."""
     seeds = sorted(runs)
 
     def metric(key: str) -> list:
