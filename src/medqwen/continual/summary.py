@@ -108,10 +108,10 @@ def plot(results: dict, path: Path) -> Path:
     for ax, key, title in ((axes[0], "forgetting", "mean relative forgetting %"), (axes[1], "final_avg", "final average accuracy %")):
         means = [100 * (m.get(f"{key}_mean") or 0.0) for _, m in entries]
         stds = [100 * (m.get(f"{key}_std") or 0.0) for _, m in entries]
-        ax.bar(range(len(entries)), means, yerr=stds, capsize=3, color="tab:blue", alpha=0.55)
+        ax.bar(range(len(entries)), means, yerr=stds, capsize=3, color="tab:blue", alpha=0.55, error_kw={"alpha": 0.6})
         for x, (_, m) in enumerate(entries):
             for seed, run in sorted(m["runs"].items(), key=lambda item: int(item[0])):
-                ax.scatter(x + 0.12 * (int(seed) - 1), 100 * run["metrics"][key], color="black", zorder=3, s=16,
+                ax.scatter(x + 0.1 + 0.1 * int(seed), 100 * run["metrics"][key], color="black", zorder=3, s=16,
                            marker=SEED_MARKERS[int(seed) % len(SEED_MARKERS)], label=f"seed {seed}")
         handles = dict(zip(*reversed(ax.get_legend_handles_labels())))  # one entry per seed
         ax.legend([handles[k] for k in sorted(handles)], sorted(handles), fontsize=7, loc="best")
