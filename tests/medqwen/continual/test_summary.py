@@ -6,8 +6,8 @@ from medqwen.continual.summary import ablation_markdown, find_entry
 
 
 def _entry(runs: dict[int, tuple[float, float, float]]) -> dict:
-    return {"seeds": sorted(runs), "runs": {str(s): {"metrics": {"forgetting": f, "final_avg": a, "learning_acc": l}}
-                                            for s, (f, a, l) in runs.items()}}
+    return {"seeds": sorted(runs), "runs": {str(s): {"metrics": {"forgetting": f, "final_avg": a, "learning_acc": learned}}
+                                            for s, (f, a, learned) in runs.items()}}
 
 
 RESULTS = {
