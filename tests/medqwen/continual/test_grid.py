@@ -31,7 +31,7 @@ def test_plan_orders_headline_seeds_first():
     assert main[-3:] == [("pissa", 1), ("milora", 1), ("full_ft", 1)]  # paired with the headline's seed 1
     ablations = grid.plan("ablations", None, None)
     assert len(ablations) == 15 and {m for m, _ in ablations} == set(grid.ablation_names())
-    assert {s for _, s in ablations} == {1} and ablations[0] == ("no_balance_loss", 1)
+    assert {s for _, s in ablations} == {1} and ablations[:2] == [("init_zero", 1), ("init_spectral_fixed_scale", 1)]
     assert grid.plan("main", ["sslora"], [3, 4]) == [("sslora", 3), ("sslora", 4)]
 
 
