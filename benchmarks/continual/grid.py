@@ -65,10 +65,10 @@ ABLATION_TABLE = (
         ("minor", ("init_minor", "init_minor_fixed_scale")),
         ("random", ("init_random", "init_random_fixed_scale")),
         ("zero", ("init_zero", "moelora")))),
-    ("experts at total rank 32 (spectral, scaling rule)", ("",), (
+    ("experts at total rank 32 (spectral, scaling rule)", ("seed-1 run",), (
         ("1-of-8", ("experts_1of8",)), ("2-of-8", ("sslora",)), ("4-of-8", ("experts_4of8",)), ("2-of-4", ("experts_2of4",)))),
-    ("total rank (spectral, 2-of-8, scaling rule)", ("",), (("8", ("rank8",)), ("32", ("sslora",)))),
-    ("what separates the tasks, the scale's size", ("",), (
+    ("total rank (spectral, 2-of-8, scaling rule)", ("seed-1 run",), (("8", ("rank8",)), ("32", ("sslora",)))),
+    ("what separates the tasks, the scale's size", ("seed-1 run",), (
         ("SSLoRA (reference)", ("sslora",)), ("no balance loss", ("no_balance_loss",)),
         ("s from the per-expert rank", ("scaling_expert_rank",)), ("both (the paper's setting)", ("paper_setting",)))),
 )

@@ -135,7 +135,6 @@ def write(results: dict, path: Path, ablation_layout: AblationLayout | None = No
     write_json(path, results)
 
 
-
 def find_entry(results: dict, name: str) -> dict | None:
     """A method's summary, whether a headline method or an ablation."""
     entry = results.get(name)

@@ -32,3 +32,23 @@ def test_find_entry_skips_the_references_note():
 def test_layout_row_of_the_wrong_width_is_refused():
     with pytest.raises(ValueError, match="row 'spectral': 1 methods for 2 columns"):
         ablation_markdown(RESULTS, (("init", ("a", "b"), (("spectral", ("sslora",)),)),), seed=1)
+
+
+def test_write_appends_the_ablation_table_only_when_ablations_ran(tmp_path):
+    import copy
+
+    from medqwen.continual.summary import write
+
+    sslora, init_zero = copy.deepcopy(RESULTS["sslora"]), copy.deepcopy(RESULTS["ablations"]["init_zero"])
+    results = {"sequence": {"name": "s", "tasks": [{"name": "a"}, {"name": "b"}]}, "scorers": {"a": "closed_rank", "b": "closed_rank"}}
+    for entry in (sslora, init_zero):
+        for run in entry["runs"].values():  # the fields the per-method and per-run tables read
+            run.update({"R": [[0.5, 0.5], [0.8, 0.5], [0.7, 0.9]], "blank_own": {"a": 0.5, "b": 0.5}})
+            run["metrics"]["bwt"] = -0.1
+        entry.update({f"{k}_{s}": 0.1 for k in ("forgetting", "final_avg", "bwt") for s in ("mean", "std")})
+        entry["per_task"] = {t: {f"{k}_mean": 0.5 for k in ("after_own_training", "blank_after_own_training", "final")} for t in "ab"}
+    with_ablations = {**results, "sslora": sslora, "ablations": {"init_zero": init_zero}}
+    write(with_ablations, tmp_path / "x.json", LAYOUT, 1)
+    assert "| zero | 20.0 / 60.0 / 70.0 (init_zero) |" in (tmp_path / "x.md").read_text()
+    write({**results, "sslora": sslora}, tmp_path / "y.json", LAYOUT, 1)
+    assert "Ablations" not in (tmp_path / "y.md").read_text() and (tmp_path / "y.png").stat().st_size > 0
