@@ -45,7 +45,8 @@ def build_results(run: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[s
     }
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
+    """A share as a percentage with one decimal; None as a dash."""
     return "—" if value is None else f"{100 * value:.1f}"
 
 
@@ -62,8 +63,8 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|" + "---:|" * len(names),
     ]
     for label, row in zip(results["R_rows"], results["R"]):
-        lines.append(f"| {label} | " + " | ".join(_pct(v) for v in row) + " |")
-    lines.append("| blank image, after own training | " + " | ".join(_pct(results["blank_own"].get(n)) for n in names) + " |")
+        lines.append(f"| {label} | " + " | ".join(pct(v) for v in row) + " |")
+    lines.append("| blank image, after own training | " + " | ".join(pct(results["blank_own"].get(n)) for n in names) + " |")
     lines += [
         "",
         "| task | start | after own training | blank image | best earlier | final | relative forgetting |",
@@ -71,15 +72,15 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for name in names:
         p = m["per_task"][name]
-        lines.append(f"| {name} | {_pct(p['before'])} | {_pct(p['after_own_training'])} | {_pct(p['blank_after_own_training'])} | "
-                     f"{_pct(p['best_earlier'])} | {_pct(p['final'])} | {_pct(p['relative_forgetting'])} |")
+        lines.append(f"| {name} | {pct(p['before'])} | {pct(p['after_own_training'])} | {pct(p['blank_after_own_training'])} | "
+                     f"{pct(p['best_earlier'])} | {pct(p['final'])} | {pct(p['relative_forgetting'])} |")
     params = results.get("trainable_params")
     sps = results.get("s_per_step")
     lines += [
         "",
-        f"- mean relative forgetting (tasks 1..T-1): {_pct(m['forgetting'])}%",
-        f"- final average accuracy: {_pct(m['final_avg'])}%; learning accuracy: {_pct(m['learning_acc'])}%",
-        f"- BWT: {_pct(m['bwt'])} points; FWT (vs the starting model): {_pct(m['fwt'])} points",
+        f"- mean relative forgetting (tasks 1..T-1): {pct(m['forgetting'])}%",
+        f"- final average accuracy: {pct(m['final_avg'])}%; learning accuracy: {pct(m['learning_acc'])}%",
+        f"- BWT: {pct(m['bwt'])} points; FWT (vs the starting model): {pct(m['fwt'])} points",
         f"- trainable parameters: {params:,}" if params is not None else "- trainable parameters: —",
         f"- s/step (median over tasks): {sps:.2f}" if sps is not None else "- s/step: —",
         "",

@@ -10,6 +10,7 @@ from typing import Sequence
 
 from .io import save_figure, write_json, write_text
 from .metrics import mean_std
+from .report import pct
 
 SEED_MARKERS = ("o", "^", "s", "D", "v")
 # An ablation layout: sections of (title, column headings, rows of (label, one method name per column)).
@@ -44,19 +45,20 @@ def summarize_method(runs: dict[int, dict], planned: list[int]) -> dict:
     return out
 
 
-def pct(value) -> str:
-    return "—" if value is None else f"{100 * value:.1f}"
-
-
 def pm(entry: dict, key: str) -> str:
     """mean ± std in % points."""
     std = entry.get(f"{key}_std")
     return pct(entry.get(f"{key}_mean")) + ("" if std is None else f" ± {100 * std:.1f}")
 
 
+def _is_method(value) -> bool:
+    """A method's summary (the aggregate also holds the sequence, notes, ...)."""
+    return isinstance(value, dict) and "seeds" in value
+
+
 def method_entries(results: dict) -> list[tuple[str, dict]]:
-    rows = [(k, v) for k, v in results.items() if isinstance(v, dict) and "seeds" in v]
-    return rows + [(k, v) for k, v in results.get("ablations", {}).items() if isinstance(v, dict) and "seeds" in v]
+    rows = [(k, v) for k, v in results.items() if _is_method(v)]
+    return rows + [(k, v) for k, v in results.get("ablations", {}).items() if _is_method(v)]
 
 
 def markdown(results: dict) -> str:
@@ -137,11 +139,10 @@ def write(results: dict, path: Path, ablation_layout: AblationLayout | None = No
 
 def find_entry(results: dict, name: str) -> dict | None:
     """A method's summary, whether a headline method or an ablation."""
-    entry = results.get(name)
-    if isinstance(entry, dict) and "seeds" in entry:
-        return entry
-    entry = results.get("ablations", {}).get(name)
-    return entry if isinstance(entry, dict) and "seeds" in entry else None
+    for entry in (results.get(name), results.get("ablations", {}).get(name)):
+        if _is_method(entry):
+            return entry
+    return None
 
 
 def ablation_cell(results: dict, name: str, seed: int) -> str:
