@@ -227,6 +227,29 @@ def run_status(args, method: str, seed: int) -> str:
     return f"{running}: {len(rows)} rows of R on disk, last task folder {tasks[-1] if tasks else '-'}"
 
 
+def run_hours(record: dict) -> float:
+    """One finished run's compute, in core-hours: its training steps at its measured s/step, plus its evaluation."""
+    steps = sum(int(task.get("steps") or 0) for task in record["tasks"])
+    return (steps * float(record["s_per_step"]) + float(record["eval_seconds"])) / 3600
+
+
+def hours_left(args, runs: list[tuple[str, int]]) -> tuple[int, float | None]:
+    """(runs not finished, core-hours they still need): each counted as the median finished run, less the share of
+    its rows of R already on disk; None when no run has finished to measure from."""
+    finished = [json.loads(p.read_text()) for p in sorted(args.records.glob("*_seed*.json"))]
+    costs = sorted(run_hours(r) for r in finished if r.get("s_per_step") and r.get("eval_seconds") is not None)
+    if not costs:
+        return sum(run_status(args, m, s) != "done" for m, s in runs), None
+    median, n_rows = costs[len(costs) // 2], 1 + len(finished[0]["tasks"])
+    left, hours = 0, 0.0
+    for method, seed in runs:
+        if run_status(args, method, seed) == "done":
+            continue
+        rows = len(list((args.work / run_name(method) / f"seed{seed}" / "eval").glob("row_??.json")))
+        left, hours = left + 1, hours + (1 - min(rows, n_rows) / n_rows) * median
+    return left, hours
+
+
 # ------------------------------------------------------------------------------------------- aggregation
 def aggregate(args, runs_planned: list[tuple[str, int]]) -> dict:
     planned: dict[str, list[int]] = {}
@@ -311,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.status:
         for method, seed in runs:
             print(f"{run_name(method)}/seed{seed}: {run_status(args, method, seed)}")
+        left, hours = hours_left(args, runs)
+        if left and hours is not None:
+            print(f"{left} runs to go: about {hours:.0f} core-hours (the median finished run, less rows on disk); "
+                  f"one grid per core on 2 cores: about {hours / 2:.0f} h")
         return 0
     status = {}
     if not args.aggregate_only:
