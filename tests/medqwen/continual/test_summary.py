@@ -52,3 +52,15 @@ def test_write_appends_the_ablation_table_only_when_ablations_ran(tmp_path):
     assert "| zero | 20.0 / 60.0 / 70.0 (init_zero) |" in (tmp_path / "x.md").read_text()
     write({**results, "sslora": sslora}, tmp_path / "y.json", LAYOUT, 1)
     assert "Ablations" not in (tmp_path / "y.md").read_text() and (tmp_path / "y.png").stat().st_size > 0
+
+
+def test_two_column_sections_rank_the_first_column_and_difference_the_columns():
+    results = {"sslora": _entry({1: (0.16, 0.639, 0.72)}), "moelora": _entry({1: (0.25, 0.583, 0.70)}),
+               "ablations": {"init_zero": _entry({1: (0.2, 0.60, 0.7)}), "spectral_fixed": _entry({1: (0.2, 0.631, 0.7)})}}
+    table = ablation_markdown(results, LAYOUT, seed=1)
+    # ranked by final avg with the scaling rule: 63.9 (spectral) > 60.0 (zero)
+    assert "- init, scaling rule, by final avg: spectral 63.9 > zero 60.0" in table
+    # scaling rule minus fixed, in points: spectral 63.9 - 63.1 = +0.8, zero 60.0 - 58.3 = +1.7
+    assert "- scaling rule minus fixed, final avg points: spectral +0.8, zero +1.7" in table
+    partial = ablation_markdown(RESULTS, LAYOUT, seed=1)  # zero's fixed-scale run (moelora) not in: no difference
+    assert "by final avg: spectral 66.4 > zero 60.0" in partial and "minus" not in partial
