@@ -163,7 +163,7 @@ def _final_avg(results: dict, name: str, seed: int) -> float | None:
 def two_column_comparison(results: dict, title: str, columns: Sequence[str], rows, seed: int) -> str:
     """For a section of two columns (the paper's init x scaling-rule table): the rows ordered by final average in
     the first column, and the first column minus the second per row, in points; only finished runs, "" if none.
-    The paper (seed 003's ablation table) reports spectral > random ~ minor ~ principal, and +0.5-1.0 points
+    The paper's ablation table reports spectral > random ~ minor ~ principal (MoE + O 68.2 vs 67.3-67.6), and +0.5-1.0 points
     from the scaling rule."""
     first = [(label, _final_avg(results, names[0], seed)) for label, names in rows]
     ranked = sorted(((v, label) for label, v in first if v is not None), reverse=True)
