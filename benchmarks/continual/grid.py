@@ -30,6 +30,7 @@ import dataclasses
 import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -233,21 +234,16 @@ def run_hours(record: dict) -> float:
     return (steps * float(record["s_per_step"]) + float(record["eval_seconds"])) / 3600
 
 
-def hours_left(args, runs: list[tuple[str, int]]) -> tuple[int, float | None]:
-    """(runs not finished, core-hours they still need): each counted as the median finished run, less the share of
-    its rows of R already on disk; None when no run has finished to measure from."""
+def hours_left(args, unfinished: list[tuple[str, int]]) -> float | None:
+    """Core-hours the unfinished runs still need: each counted as the median finished run, less the share of its
+    rows of R already on disk; None when no run has finished to measure from."""
     finished = [json.loads(p.read_text()) for p in sorted(args.records.glob("*_seed*.json"))]
-    costs = sorted(run_hours(r) for r in finished if r.get("s_per_step") and r.get("eval_seconds") is not None)
+    costs = [run_hours(r) for r in finished if r.get("s_per_step") and r.get("eval_seconds") is not None]
     if not costs:
-        return sum(run_status(args, m, s) != "done" for m, s in runs), None
-    median, n_rows = costs[len(costs) // 2], 1 + len(finished[0]["tasks"])
-    left, hours = 0, 0.0
-    for method, seed in runs:
-        if run_status(args, method, seed) == "done":
-            continue
-        rows = len(list((args.work / run_name(method) / f"seed{seed}" / "eval").glob("row_??.json")))
-        left, hours = left + 1, hours + (1 - min(rows, n_rows) / n_rows) * median
-    return left, hours
+        return None
+    median, n_rows = statistics.median(costs), 1 + len(finished[0]["tasks"])
+    rows = [len(list((args.work / run_name(m) / f"seed{s}" / "eval").glob("row_??.json"))) for m, s in unfinished]
+    return sum((1 - min(r, n_rows) / n_rows) * median for r in rows)
 
 
 # ------------------------------------------------------------------------------------------- aggregation
@@ -332,11 +328,14 @@ def main(argv: list[str] | None = None) -> int:
                                     RESULTS / "continual_smoke.json" if args.smoke else args.work / "continual.json")
     runs = plan(args.group, args.methods, args.seeds)
     if args.status:
+        unfinished = []
         for method, seed in runs:
-            print(f"{run_name(method)}/seed{seed}: {run_status(args, method, seed)}")
-        left, hours = hours_left(args, runs)
-        if left and hours is not None:
-            print(f"{left} runs to go: about {hours:.0f} core-hours (the median finished run, less rows on disk); "
+            state = run_status(args, method, seed)
+            print(f"{run_name(method)}/seed{seed}: {state}")
+            unfinished += [] if state == "done" else [(method, seed)]
+        hours = hours_left(args, unfinished)
+        if unfinished and hours is not None:
+            print(f"{len(unfinished)} runs to go: about {hours:.0f} core-hours (the median finished run, less rows on disk); "
                   f"one grid per core on 2 cores: about {hours / 2:.0f} h")
         return 0
     status = {}

@@ -145,10 +145,14 @@ def find_entry(results: dict, name: str) -> dict | None:
     return None
 
 
+def _seed_run(results: dict, name: str, seed: int) -> dict | None:
+    """The run of `seed` of a method or ablation, None if it has not finished."""
+    return ((find_entry(results, name) or {}).get("runs") or {}).get(str(seed))
+
+
 def ablation_cell(results: dict, name: str, seed: int) -> str:
     """'forgetting / final avg / learned' in % for one run (learned = mean own-task score right after training)."""
-    entry = find_entry(results, name)
-    run = (entry or {}).get("runs", {}).get(str(seed))
+    run = _seed_run(results, name, seed)
     if run is None:
         return f"pending ({name})"
     m = run["metrics"]
@@ -156,7 +160,7 @@ def ablation_cell(results: dict, name: str, seed: int) -> str:
 
 
 def _final_avg(results: dict, name: str, seed: int) -> float | None:
-    run = ((find_entry(results, name) or {}).get("runs") or {}).get(str(seed))
+    run = _seed_run(results, name, seed)
     return None if run is None else run["metrics"]["final_avg"]
 
 
@@ -165,10 +169,9 @@ def two_column_comparison(results: dict, title: str, columns: Sequence[str], row
     the first column, and the first column minus the second per row, in points; only finished runs, "" if none.
     The paper's ablation table reports spectral > random ~ minor ~ principal (MoE + O 68.2 vs 67.3-67.6), and +0.5-1.0 points
     from the scaling rule."""
-    first = [(label, _final_avg(results, names[0], seed)) for label, names in rows]
-    ranked = sorted(((v, label) for label, v in first if v is not None), reverse=True)
-    diffs = [(label, _final_avg(results, names[0], seed), _final_avg(results, names[1], seed)) for label, names in rows]
-    diffs = [f"{label} {100 * (a - b):+.1f}" for label, a, b in diffs if a is not None and b is not None]
+    cells = [(label, _final_avg(results, names[0], seed), _final_avg(results, names[1], seed)) for label, names in rows]
+    ranked = sorted(((a, label) for label, a, _ in cells if a is not None), reverse=True)
+    diffs = [f"{label} {100 * (a - b):+.1f}" for label, a, b in cells if a is not None and b is not None]
     lines = []
     if len(ranked) > 1:
         lines.append(f"- {title}, {columns[0]}, by final avg: " + " > ".join(f"{label} {pct(v)}" for v, label in ranked))
