@@ -5,6 +5,7 @@ benchmarks/continual/grid.py): {sequence, scorers, <method>: summarize_method(..
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -98,14 +99,14 @@ def run_rows(results: dict, tasks: list[str]) -> list[str]:
 
 
 def plot(results: dict, path: Path) -> Path:
-    """Bars per method: mean relative forgetting and final average accuracy, ± std over seeds, and each seed's
+    """Bars per method (not the ablations): mean relative forgetting and final average accuracy, ± std over seeds, and each seed's
     run as a marker (seeds differ by more than methods do here, so a bar alone would mislead)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    entries = method_entries(results)
+    entries = [(name, m) for name, m in results.items() if _is_method(m)]  # ablations: ablation_plot
     fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * len(entries) + 3), 3.6), layout="constrained")
     for ax, key, title in ((axes[0], "forgetting", "mean relative forgetting %"), (axes[1], "final_avg", "final average accuracy %")):
         means = [100 * (m.get(f"{key}_mean") or 0.0) for _, m in entries]
@@ -127,12 +128,14 @@ def plot(results: dict, path: Path) -> Path:
 
 
 def write(results: dict, path: Path, ablation_layout: AblationLayout | None = None, ablation_seed: int = 1) -> None:
-    """JSON at path, the Markdown tables (+ the ablation table when a layout is given and ablations ran) and the
-    bar chart beside it."""
+    """JSON at path, the Markdown tables and the bar chart beside it (+ the ablation table and its chart,
+    <stem>_ablations.png, when a layout is given and ablations ran)."""
     text = markdown(results)
     if ablation_layout and results.get("ablations"):
         text += "\n" + ablation_markdown(results, ablation_layout, ablation_seed)
     plot(results, path.with_suffix(".png"))
+    if ablation_layout and results.get("ablations"):
+        ablation_plot(results, ablation_layout, ablation_seed, path.with_name(f"{path.stem}_ablations.png"))
     write_text(path.with_suffix(".md"), text)
     write_json(path, results)
 
@@ -194,3 +197,49 @@ def ablation_markdown(results: dict, layout: AblationLayout, seed: int) -> str:
         comparison = two_column_comparison(results, title, columns, rows, seed) if len(columns) == 2 else ""
         lines += ["", comparison] if comparison else []
     return "\n".join(lines) + "\n"
+
+
+def ablation_values(results: dict, layout: AblationLayout, seed: int):
+    """The layout with each method name replaced by its run's metrics of `seed` (None while it has not finished):
+    [(title, columns, [(label, [metrics | None per column])])]."""
+    return [(title, columns, [(label, [(_seed_run(results, n, seed) or {}).get("metrics") for n in names])
+                              for label, names in rows]) for title, columns, rows in layout]
+
+
+def ablation_plot(results: dict, layout: AblationLayout, seed: int, path: Path) -> Path:
+    """The ablation table as bars: one panel per section, relative forgetting above and final average below,
+    one bar per cell (columns side by side, e.g. scaling rule / fixed scale), "pending" where a run is missing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sections = ablation_values(results, layout, seed)
+    widths = [len(rows) * len(columns) + 1 for _, columns, rows in sections]
+    fig, axes = plt.subplots(2, len(sections), figsize=(0.42 * sum(widths) + 2, 5.6), squeeze=False,
+                             gridspec_kw={"width_ratios": widths}, layout="constrained")
+    for k, (title, columns, rows) in enumerate(sections):
+        bar = 0.8 / len(columns)
+        for ax, key, ylabel in ((axes[0][k], "forgetting", "rel. forgetting %"), (axes[1][k], "final_avg", "final avg %")):
+            for c, column in enumerate(columns):
+                xs = [i + (c - (len(columns) - 1) / 2) * bar for i in range(len(rows))]
+                values = [None if cells[c] is None else 100 * cells[c][key] for _, cells in rows]
+                ax.bar([x for x, v in zip(xs, values) if v is not None], [v for v in values if v is not None],
+                       width=bar, color=f"C{c}", alpha=0.7, label=column)
+                for x, v in zip(xs, values):
+                    ax.text(x, 0 if v is None else v, "pending" if v is None else f"{v:.1f}", ha="center",
+                            va="bottom", fontsize=6, rotation=90 if v is None else 0, color="grey" if v is None else "black")
+            ax.set_xticks(range(len(rows)), [label for label, _ in rows], rotation=30, ha="right", fontsize=8)
+            ax.set_xlim(-0.6, len(rows) - 0.4)
+            ax.set_ylim(0, 1.3 * max([100 * cell[key] for _, cells in rows for cell in cells if cell] or [1.0]))
+            ax.grid(axis="y", alpha=0.3)
+            if k == 0:
+                ax.set_ylabel(ylabel)
+        axes[0][k].set_title(textwrap.fill(title, 6 * widths[k]), fontsize=9)
+        if len(columns) > 1:
+            axes[0][k].legend(fontsize=7, loc="upper center", ncol=len(columns))
+    fig.suptitle(f"Ablations, seed {seed} (as scored)", fontsize=10)
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)

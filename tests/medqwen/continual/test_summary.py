@@ -2,7 +2,7 @@
 
 import pytest
 
-from medqwen.continual.summary import ablation_markdown, find_entry
+from medqwen.continual.summary import ablation_markdown, ablation_values, find_entry
 
 
 def _entry(runs: dict[int, tuple[float, float, float]]) -> dict:
@@ -50,8 +50,17 @@ def test_write_appends_the_ablation_table_only_when_ablations_ran(tmp_path):
     with_ablations = {**results, "sslora": sslora, "ablations": {"init_zero": init_zero}}
     write(with_ablations, tmp_path / "x.json", LAYOUT, 1)
     assert "| zero | 20.0 / 60.0 / 70.0 (init_zero) |" in (tmp_path / "x.md").read_text()
+    assert (tmp_path / "x_ablations.png").stat().st_size > 0
     write({**results, "sslora": sslora}, tmp_path / "y.json", LAYOUT, 1)
     assert "Ablations" not in (tmp_path / "y.md").read_text() and (tmp_path / "y.png").stat().st_size > 0
+    assert not (tmp_path / "y_ablations.png").exists()
+
+
+def test_ablation_values_are_the_seed_runs_metrics_and_none_while_pending():
+    (title, columns, rows), = ablation_values(RESULTS, LAYOUT, seed=1)
+    assert (title, columns) == ("init", ("scaling rule", "fixed"))
+    assert rows == [("spectral", [{"forgetting": 0.136, "final_avg": 0.664, "learning_acc": 0.75}, None]),
+                    ("zero", [{"forgetting": 0.2, "final_avg": 0.6, "learning_acc": 0.7}, None])]
 
 
 def test_two_column_sections_rank_the_first_column_and_difference_the_columns():
