@@ -131,10 +131,9 @@ def write(results: dict, path: Path, ablation_layout: AblationLayout | None = No
     """JSON at path, the Markdown tables and the bar chart beside it (+ the ablation table and its chart,
     <stem>_ablations.png, when a layout is given and ablations ran)."""
     text = markdown(results)
-    if ablation_layout and results.get("ablations"):
-        text += "\n" + ablation_markdown(results, ablation_layout, ablation_seed)
     plot(results, path.with_suffix(".png"))
     if ablation_layout and results.get("ablations"):
+        text += "\n" + ablation_markdown(results, ablation_layout, ablation_seed)
         ablation_plot(results, ablation_layout, ablation_seed, path.with_name(f"{path.stem}_ablations.png"))
     write_text(path.with_suffix(".md"), text)
     write_json(path, results)
@@ -199,7 +198,7 @@ def ablation_markdown(results: dict, layout: AblationLayout, seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ablation_values(results: dict, layout: AblationLayout, seed: int):
+def ablation_values(results: dict, layout: AblationLayout, seed: int) -> list:
     """The layout with each method name replaced by its run's metrics of `seed` (None while it has not finished):
     [(title, columns, [(label, [metrics | None per column])])]."""
     return [(title, columns, [(label, [(_seed_run(results, n, seed) or {}).get("metrics") for n in names])
