@@ -114,10 +114,9 @@ def analyse(run: Path) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
+    from medqwen.continual.io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     shares = torch.tensor(result["energy_share"])

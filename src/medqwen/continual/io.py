@@ -29,6 +29,16 @@ def read_json(path: str | Path) -> Any:
         return json.load(handle)
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display on a server or in CI), imported when a plot is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(figure, path: str | Path) -> Path:
     """matplotlib figure -> PNG, atomically."""
     return _atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))

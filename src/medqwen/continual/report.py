@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .io import save_figure, write_json, write_text
+from .io import pyplot, save_figure, write_json, write_text
 from .metrics import summarize
 
 
@@ -89,10 +89,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def plot_matrix(results: dict[str, Any], path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [t["name"] for t in results["tasks"]]
     R = [[100 * v for v in row] for row in results["R"]]
@@ -113,10 +110,7 @@ def plot_matrix(results: dict[str, Any], path: str | Path) -> Path:
 
 
 def plot_lines(results: dict[str, Any], path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [t["name"] for t in results["tasks"]]
     fig, ax = plt.subplots(figsize=(1.5 * len(names) + 3.5, 3.8))

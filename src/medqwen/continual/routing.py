@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .io import save_figure
+from .io import pyplot, save_figure
 
 Routing = Mapping[str, Mapping[str, Sequence[float]]]  # task -> layer -> share per expert
 
@@ -76,10 +76,7 @@ def routing_summary(routing: Routing, tasks: Sequence[str]) -> dict[str, Any]:
 
 
 def plot_routing(routing: Routing, tasks: Sequence[str], path: str | Path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     shares, layers = share_array(routing, tasks)
     T, L, N = shares.shape

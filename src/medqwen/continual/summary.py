@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Sequence
 
-from .io import save_figure, write_json, write_text
+from .io import pyplot, save_figure, write_json, write_text
 from .metrics import mean_std
 from .report import pct
 
@@ -57,9 +57,13 @@ def _is_method(value) -> bool:
     return isinstance(value, dict) and "seeds" in value
 
 
+def _methods(mapping: dict) -> list[tuple[str, dict]]:
+    return [(k, v) for k, v in mapping.items() if _is_method(v)]
+
+
 def method_entries(results: dict) -> list[tuple[str, dict]]:
-    rows = [(k, v) for k, v in results.items() if _is_method(v)]
-    return rows + [(k, v) for k, v in results.get("ablations", {}).items() if _is_method(v)]
+    """The methods, then the ablations."""
+    return _methods(results) + _methods(results.get("ablations", {}))
 
 
 def markdown(results: dict) -> str:
@@ -101,12 +105,9 @@ def run_rows(results: dict, tasks: list[str]) -> list[str]:
 def plot(results: dict, path: Path) -> Path:
     """Bars per method (not the ablations): mean relative forgetting and final average accuracy, ± std over seeds, and each seed's
     run as a marker (seeds differ by more than methods do here, so a bar alone would mislead)."""
-    import matplotlib
+    plt = pyplot()
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    entries = [(name, m) for name, m in results.items() if _is_method(m)]  # ablations: ablation_plot
+    entries = _methods(results)  # the ablations have their own chart: ablation_plot
     fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * len(entries) + 3), 3.6), layout="constrained")
     for ax, key, title in ((axes[0], "forgetting", "mean relative forgetting %"), (axes[1], "final_avg", "final average accuracy %")):
         means = [100 * (m.get(f"{key}_mean") or 0.0) for _, m in entries]
@@ -208,10 +209,7 @@ def ablation_values(results: dict, layout: AblationLayout, seed: int) -> list:
 def ablation_plot(results: dict, layout: AblationLayout, seed: int, path: Path) -> Path:
     """The ablation table as bars: one panel per section, relative forgetting above and final average below,
     one bar per cell (columns side by side, e.g. scaling rule / fixed scale), "pending" where a run is missing."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sections = ablation_values(results, layout, seed)
     widths = [len(rows) * len(columns) + 1 for _, columns, rows in sections]
