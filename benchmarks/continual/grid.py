@@ -20,7 +20,8 @@ After each run, and with --aggregate-only, every finished run is aggregated into
 (default benchmarks/results/continual.json; smoke: continual_smoke.json; a .md table and a .png bar chart
 beside it): per method forgetting_mean / _std, final_avg_mean / _std, bwt_mean, trainable_params,
 s_per_step, seeds, each run's R; the sequence.
-Re-running the command after an interruption continues the grid.
+Re-running the command after an interruption continues the grid. The runs of one records folder start from one
+recipe build (the base model's sha256): a rebuilt base model is refused there and given its own folders.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ SMOKE = {"max_steps": 2, "max_train": 16, "max_eval": 8}
 
 
 # Single-seed runs (baselines, ablations) use seed 1: their references are the headline runs of the same seed, and
-# seed 1 is the first seed whose headline runs start from the recipe build every later run uses (a70cbf0b; seed 0
-# started from a first build that was lost), so each comparison is paired by seed and build.
+# seed 1 is the first seed whose headline runs start from recipe build a70cbf0b (seed 0 started from a first build
+# that was lost), so each comparison is paired by seed and build. The recipe trained again on another machine is
+# another build: its runs go to their own folders (check_build), with the SSLoRA reference run again there.
 SINGLE_SEED = 1
 # Ablations with a hypothesis behind them first: what separates SSLoRA from MoELoRA (forgets less on every seed:
 # the init or the scale), why the experts do not separate the tasks (the balance loss), the scale's size, the
@@ -213,6 +215,25 @@ def run_one(args, method: str, seed: int) -> str:
     return "ok" if code == 0 else f"failed (exit {code}, see {out / 'log.txt'})"
 
 
+def check_build(args) -> None:
+    """Refuse to add runs from one recipe build to a records folder of another: single-seed comparisons are paired
+    by seed and build, and a rebuilt recipe model (another machine) moves results as much as a seed does."""
+    from medqwen.continual.runner import _start_sha256
+
+    if args.base_model_dir is None or args.mixed_builds:
+        return
+    builds = {json.loads(p.read_text()).get("model_sha256") for p in args.records.glob("*_seed*.json")} - {None}
+    sha = _start_sha256(str(args.base_model_dir))
+    if builds and sha not in builds:
+        tag = (sha or "unknown")[:8]
+        raise SystemExit(
+            f"{args.base_model_dir} is recipe build {tag}, but the runs in {args.records} started from build(s) "
+            f"{', '.join(sorted(b[:8] for b in builds))}: new runs would not be paired with them. Give this build its own "
+            f"folders (--work runs/continual_build{tag} --records benchmarks/results/continual_runs_build{tag} --results "
+            f"benchmarks/results/continual_build{tag}.json) and run the reference there first (--methods sslora --seeds "
+            f"{SINGLE_SEED}), or pass --mixed-builds")
+
+
 def run_status(args, method: str, seed: int) -> str:
     """Where a planned run stands, read from disk (nothing is started): for --status."""
     out = args.work / run_name(method) / f"seed{seed}"
@@ -314,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, help="aggregate file (default benchmarks/results/continual.json; smoke: "
                         "continual_smoke.json; another --work: <work>/continual.json)")
     parser.add_argument("--aggregate-only", action="store_true", help="only aggregate the finished runs")
+    parser.add_argument("--mixed-builds", action="store_true", help="run even if the base model is another recipe build "
+                        "than the records folder's runs started from (their comparisons would not be paired)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--status", action="store_true", help="print where each planned run stands, run nothing")
     args = parser.parse_args(argv)
@@ -340,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     status = {}
     if not args.aggregate_only:
+        check_build(args)
         for method, seed in runs:
             status[f"{method}/seed{seed}"] = run_one(args, method, seed)
             results = aggregate(args, runs)

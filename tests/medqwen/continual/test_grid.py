@@ -132,6 +132,33 @@ def test_the_start_model_counts_as_given_not_by_its_path(setup):
     assert grid.expected_fingerprint(args, "m1", 0) != first
 
 
+def test_a_base_model_of_another_build_is_refused_in_a_records_folder_of_one(setup, tmp_path):
+    """Single-seed comparisons are paired by build: the runs of one records folder start from one recipe build."""
+    from medqwen.models import weights_sha256
+
+    args = setup
+    args.mixed_builds = False
+    base = tmp_path / "final" / "model"
+    base.mkdir(parents=True)
+    (base / "trainable.safetensors").write_bytes(b"build one")
+    args.base_model_dir = base.parent
+    grid.check_build(args)  # an empty records folder takes any build
+    args.records.mkdir()
+    record = {"fingerprint": "x", "model_sha256": weights_sha256(base)}
+    (args.records / "m1_seed1.json").write_text(json.dumps(record))
+    (args.records / "m1_seed0.json").write_text(json.dumps({"fingerprint": "x"}))  # the first build: no sha256
+    grid.check_build(args)  # the same build
+    (base / "trainable.safetensors").write_bytes(b"build two")
+    with pytest.raises(SystemExit, match=f"recipe build {weights_sha256(base)[:8]}, but the runs in .* started from "
+                                         f"build\\(s\\) {record['model_sha256'][:8]}: .*--records "
+                                         f"benchmarks/results/continual_runs_build{weights_sha256(base)[:8]}"):
+        grid.check_build(args)
+    args.mixed_builds = True
+    grid.check_build(args)
+    args.mixed_builds, args.base_model_dir = False, None  # the sequence's own model: nothing to compare
+    grid.check_build(args)
+
+
 def test_a_run_held_by_a_live_grid_is_skipped_and_a_stale_lock_taken_over(setup, monkeypatch):
     import os
     import subprocess
