@@ -81,14 +81,19 @@ def row(name: str, kind: str, run: dict) -> dict:
 
 
 def collect(seed: int, variants: list[dict]) -> list[dict]:
+    """The grid's runs of `seed` (every records folder: continual_runs/ and one continual_runs_build<sha>/ per later
+    recipe build), then the variants; grouped by the build they started from, so a variant sits beside the
+    references of its own build."""
     rows = []
-    for path in sorted((RESULTS / "continual_runs").glob(f"*_seed{seed}.json")):
-        run = json.loads(path.read_text())
-        rows.append(row(run["method"]["name"], "reference" if run["method"]["name"] in grid.HEADLINE else "grid", run))
+    for folder in [RESULTS / "continual_runs", *sorted(RESULTS.glob("continual_runs_build*"))]:
+        for path in sorted(folder.glob(f"*_seed{seed}.json")):
+            run = json.loads(path.read_text())
+            rows.append(row(run["method"]["name"], "reference" if run["method"]["name"] in grid.HEADLINE else "grid", run))
     for variant in variants:
         for path in sorted((RESULTS / "continual_variants" / variant["name"]).glob(f"*_seed{seed}.json")):
             rows.append(row(variant["name"], "variant", json.loads(path.read_text())))
-    return rows
+    builds = list(dict.fromkeys(r["start_model_sha256"] for r in rows))  # in order of first appearance
+    return sorted(rows, key=lambda r: builds.index(r["start_model_sha256"]))  # stable: references first per build
 
 
 def markdown(rows: list[dict]) -> str:

@@ -16,9 +16,9 @@ variants = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(variants)
 
 
-def _record(path: Path, method: str, seed: int, lr: float, R: list) -> None:
+def _record(path: Path, method: str, seed: int, lr: float, R: list, sha: str = "ab" * 32) -> None:
     run = {"sequence": "two", "method": {"name": method, "description": f"{method} desc"}, "seed": seed,
-           "model_sha256": "ab" * 32, "tasks": [{"name": "a", "lr": lr}, {"name": "b", "lr": lr}]}
+           "model_sha256": sha, "tasks": [{"name": "a", "lr": lr}, {"name": "b", "lr": lr}]}
     rows = [{"scores": {t: {"score": v, "n": 10, "seconds": 1.0} for t, v in zip("ab", row)},
              "blank": {} if i == 0 else {"ab"[i - 1]: {"score": 0.5}}, "train": {} if i == 0 else {"final_loss": 0.1 * i}}
             for i, row in enumerate(R)]
@@ -46,3 +46,17 @@ def test_table_puts_variants_beside_the_references_of_the_same_seed(tmp_path, mo
     assert rows[1]["tasks"]["a"] == {"own": 1.0, "blank": 0.5, "final": 0.9, "train_loss": 0.1}
     table = variants.markdown(rows)
     assert "| sslora_lr | sslora desc | 0.001 | 10.0 | 85.0 | -10.0 | 100.0 (50.0) / 90.0 | 80.0 (50.0) / 80.0 | abababababab |" in table
+
+
+def test_each_variant_sits_beside_the_references_of_its_own_build(tmp_path, monkeypatch):
+    """A rebuilt recipe model is another build: its runs are recorded in continual_runs_build<sha>/."""
+    monkeypatch.setattr(variants, "RESULTS", tmp_path)
+    R = [[0.5, 0.5], [0.8, 0.5], [0.6, 0.9]]
+    _record(tmp_path / "continual_runs" / "sslora_seed1.json", "sslora", 1, 3e-4, R)
+    _record(tmp_path / "continual_runs" / "lora_seed1.json", "lora", 1, 3e-4, R)
+    _record(tmp_path / "continual_runs_buildcdcdcdcd" / "sslora_seed1.json", "sslora", 1, 3e-4, R, sha="cd" * 32)
+    _record(tmp_path / "continual_variants" / "x" / "sslora_seed1.json", "sslora", 1, 1e-3, R, sha="cd" * 32)
+    _record(tmp_path / "continual_variants" / "y" / "lora_seed1.json", "lora", 1, 1e-3, R)
+    rows = variants.collect(1, [{"name": n, "method": "sslora", "var": {}} for n in ("x", "y")])
+    assert [(r["name"], r["start_model_sha256"][:2]) for r in rows] == [
+        ("lora", "ab"), ("sslora", "ab"), ("y", "ab"), ("sslora", "cd"), ("x", "cd")]
