@@ -91,7 +91,7 @@ def record_build(final: Path, trained_here: bool) -> str:
 
 
 def cpu_name() -> str:
-    """The CPU's model name (one thread on two machines still gives two builds: the kernels differ by CPU)."""
+    """The CPU's model name (the recipe trained with one thread on another machine gave another build)."""
     import platform
 
     try:

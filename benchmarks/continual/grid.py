@@ -218,12 +218,12 @@ def run_one(args, method: str, seed: int) -> str:
 def check_build(args) -> None:
     """Refuse to add runs from one recipe build to a records folder of another: single-seed comparisons are paired
     by seed and build, and a rebuilt recipe model (another machine) moves results as much as a seed does."""
-    from medqwen.continual.runner import _start_sha256
+    from medqwen.continual.runner import start_model_sha256
 
     if args.base_model_dir is None or args.mixed_builds:
         return
     builds = {json.loads(p.read_text()).get("model_sha256") for p in args.records.glob("*_seed*.json")} - {None}
-    sha = _start_sha256(str(args.base_model_dir))
+    sha = start_model_sha256(str(args.base_model_dir))
     if builds and sha not in builds:
         tag = (sha or "unknown")[:8]
         raise SystemExit(

@@ -72,7 +72,7 @@ def make_stage(config: SequenceConfig, index: int, task: TaskConfig):
     )
 
 
-def _start_sha256(start_from: str) -> str | None:
+def start_model_sha256(start_from: str) -> str | None:
     """The starting model's weights fingerprint (runs of a grid can then say which build they share)."""
     from medqwen.models import weights_sha256
 
@@ -92,7 +92,7 @@ def run_info(config: SequenceConfig) -> dict[str, Any]:
         "seed": config.seed,
         "data_seed": config.data_seed,
         "model": config.start_from or config.model,
-        **({"model_sha256": _start_sha256(config.start_from)} if config.start_from else {}),
+        **({"model_sha256": start_model_sha256(config.start_from)} if config.start_from else {}),
         "variables": config.variables,
         "tasks": [
             {"name": t.name, "scorer": scorer_name(t), "steps": t.steps, "epochs": t.epochs, "batch_size": t.batch_size,
