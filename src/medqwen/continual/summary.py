@@ -206,6 +206,14 @@ def ablation_values(results: dict, layout: AblationLayout, seed: int) -> list:
                               for label, names in rows]) for title, columns, rows in layout]
 
 
+def ablation_builds(results: dict, layout: AblationLayout, seed: int) -> list[str]:
+    """The recipe builds (first 8 hex digits of the start model's sha256; "first" for runs before fingerprints
+    were kept) that the finished runs of the table started from: single-seed cells compare only within a build."""
+    names = {n for _, _, rows in layout for _, row_names in rows for n in row_names}
+    runs = [_seed_run(results, n, seed) for n in sorted(names)]
+    return sorted({(run.get("start_model_sha256") or "first")[:8] for run in runs if run is not None})
+
+
 def ablation_plot(results: dict, layout: AblationLayout, seed: int, path: Path) -> Path:
     """The ablation table as bars: one panel per section, relative forgetting above and final average below,
     one bar per cell (columns side by side, e.g. scaling rule / fixed scale), "pending" where a run is missing."""
@@ -235,7 +243,8 @@ def ablation_plot(results: dict, layout: AblationLayout, seed: int, path: Path) 
         axes[0][k].set_title(textwrap.fill(title, 6 * widths[k]), fontsize=9)
         if len(columns) > 1:
             axes[0][k].legend(fontsize=7, loc="upper center", ncol=len(columns))
-    fig.suptitle(f"Ablations, seed {seed} (as scored)", fontsize=10)
+    builds = ablation_builds(results, layout, seed)
+    fig.suptitle(f"Ablations, seed {seed} (as scored; recipe build {', '.join(builds)})", fontsize=10)
     try:
         return save_figure(fig, path)
     finally:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from medqwen.continual.summary import ablation_markdown, ablation_values, find_entry
+from medqwen.continual.summary import ablation_builds, ablation_markdown, ablation_values, find_entry
 
 
 def _entry(runs: dict[int, tuple[float, float, float]]) -> dict:
@@ -73,3 +73,14 @@ def test_two_column_sections_rank_the_first_column_and_difference_the_columns():
     assert "- scaling rule minus fixed, final avg points: spectral +0.8, zero +1.7" in table
     partial = ablation_markdown(RESULTS, LAYOUT, seed=1)  # zero's fixed-scale run (moelora) not in: no difference
     assert "by final avg: spectral 66.4 > zero 60.0" in partial and "minus" not in partial
+
+
+def test_ablation_builds_name_the_start_models_of_the_finished_cells():
+    import copy
+
+    results = copy.deepcopy(RESULTS)
+    assert ablation_builds(results, LAYOUT, seed=1) == ["first"]  # no sha256 recorded
+    results["sslora"]["runs"]["1"]["start_model_sha256"] = "429c3f7a" + "0" * 56
+    results["sslora"]["runs"]["0"]["start_model_sha256"] = "ffffffff" + "0" * 56  # seed 0: not in the seed-1 table
+    results["ablations"]["init_zero"]["runs"]["1"]["start_model_sha256"] = "429c3f7a" + "1" * 56
+    assert ablation_builds(results, LAYOUT, seed=1) == ["429c3f7a"]
