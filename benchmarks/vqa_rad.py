@@ -83,24 +83,15 @@ def record_build(final: Path, trained_here: bool) -> str:
         done = json.loads((final / "stage_done.json").read_text())
         build = {"sha256": sha, "recorded": datetime.date.today().isoformat(), "last_step_loss": done.get("loss")}
         if trained_here:  # the settings it was trained with (a model found on disk: unknown)
+            # the CPU too: the recipe trained with one thread on another machine gave another build
+            sys.path.insert(0, str(HERE))
+            from init_speed import cpu_name  # the sibling benchmark script, as speed_tools.py uses it
+
             build.update(threads=torch.get_num_threads(), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS"), cpu=cpu_name())
         builds.append(build)
         _write_json(builds_file, builds)
         print(f"recipe model {sha[:12]}: a build not seen before (results/recipe_builds.json)", flush=True)
     return sha
-
-
-def cpu_name() -> str:
-    """The CPU's model name (the recipe trained with one thread on another machine gave another build)."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_method(method: str, seed: int, data_root: str, work: Path, eval_limit: int | None) -> dict:
