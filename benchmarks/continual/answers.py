@@ -129,7 +129,7 @@ def summarize(folder: Path) -> list[dict]:
         if not names or sorted(rows) != list(range(1, T + 1)) or list(rows[T]["tasks"]) != names or any(
                 "batch" not in rows[i]["tasks"].get(name, {"batch": 0}) for i in rows for name in names):
             continue  # not every row yet, or files written before calibration was scored
-        entry = {"method": method, "seed": seed, "tasks": names}
+        entry = {"method": method, "seed": seed, "run": rows[T].get("run"), "tasks": names}
         for kind in KINDS:
             # R with the cells this analysis does not score (row 0, tasks not yet trained) as 0: the
             # forgetting and final-average definitions never read them

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import json
 import os
 import statistics
@@ -314,6 +315,17 @@ def aggregate(args, runs_planned: list[tuple[str, int]]) -> dict:
     return out
 
 
+def write_paired_if_committed(args) -> None:
+    """After the committed aggregates change (continual.json, continual_build<sha8>.json), refresh the chart of every
+    seed-1 run minus the SSLoRA run of its build (benchmarks/continual/paired.py); smoke and scratch grids leave it."""
+    if args.smoke or args.results.resolve().parent != RESULTS:
+        return
+    spec = importlib.util.spec_from_file_location("continual_paired", HERE / "paired.py")
+    paired = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paired)
+    paired.write_paired(RESULTS)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", type=Path, required=True, help="e.g. ../shared/data")
@@ -369,9 +381,11 @@ def main(argv: list[str] | None = None) -> int:
             results = aggregate(args, runs)
             if results and not args.dry_run:
                 write(results, args.results, ABLATION_TABLE, SINGLE_SEED)
+                write_paired_if_committed(args)
     results = aggregate(args, runs)
     if results and not args.dry_run:
         write(results, args.results, ABLATION_TABLE, SINGLE_SEED)
+        write_paired_if_committed(args)
         print(markdown(results))
         print(f"aggregated {sum(len(m['seeds']) for _, m in method_entries(results))} runs -> {args.results}")
     failed = {k: v for k, v in status.items() if v.startswith("failed")}

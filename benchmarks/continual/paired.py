@@ -1,0 +1,77 @@
+"""Every seed-1 baseline and ablation minus the SSLoRA seed-1 run of its own recipe build: one table, one chart.
+
+    python benchmarks/continual/paired.py        # -> benchmarks/results/continual_paired.{json,md,png}
+
+Reads the grid's aggregates, benchmarks/results/continual.json and one continual_build<sha8>.json per later
+recipe build (grid.py writes them, and calls this after each finished run). See medqwen/continual/paired.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+from medqwen.continual.io import write_json, write_text
+from medqwen.continual.paired import markdown, paired_deltas, plot
+from medqwen.continual.summary import method_entries
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+_spec = importlib.util.spec_from_file_location("continual_answers", HERE / "answers.py")
+answers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(answers)
+
+
+def aggregate_files(results_dir: Path) -> list[Path]:
+    """The first build's aggregate, then the later builds' (the order decides which build a rebuild is measured from)."""
+    first = results_dir / "continual.json"
+    return ([first] if first.exists() else []) + sorted(results_dir.glob("continual_build*.json"))
+
+
+def fill_calibrated(aggregates: list[dict], rebuilt: list[dict]) -> int:
+    """Runs recorded before their batch-calibrated metrics were: take them from answers.py's rebuilds
+    (benchmarks/results/continual_answers/), matched by run folder. Returns how many runs were filled."""
+    by_folder = {entry["run"]: entry["batch"] for entry in rebuilt if entry.get("run")}
+    filled = 0
+    for results in aggregates:
+        for _, entry in method_entries(results):
+            for run in entry["runs"].values():
+                folder = Path(run.get("dir") or "")
+                folder = folder.relative_to(REPO).as_posix() if folder.is_relative_to(REPO) else folder.as_posix()
+                if not run.get("metrics_batch_calibrated") and folder in by_folder:
+                    batch = by_folder[folder]
+                    run["metrics_batch_calibrated"] = {"forgetting": batch["forgetting_mean"], "final_avg": batch["final_avg"],
+                                                       "source": "benchmarks/continual/answers.py rebuild"}
+                    filled += 1
+    return filled
+
+
+def write_paired(results_dir: Path = RESULTS, *, reference: str = "sslora", seed: int = 1) -> dict:
+    aggregates = [json.loads(path.read_text()) for path in aggregate_files(results_dir)]
+    fill_calibrated(aggregates, answers.summarize(results_dir / "continual_answers"))
+    paired = paired_deltas(aggregates, reference=reference, seed=seed)
+    paired["sources"] = [path.name for path in aggregate_files(results_dir)]
+    stem = results_dir / "continual_paired"
+    write_json(stem.with_suffix(".json"), paired)
+    write_text(stem.with_suffix(".md"), markdown(paired))
+    if paired["rows"]:
+        plot(paired, stem.with_suffix(".png"))
+    return paired
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the aggregates are, and the output goes")
+    parser.add_argument("--reference", default="sslora")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    paired = write_paired(args.results_dir, reference=args.reference, seed=args.seed)
+    print(markdown(paired))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

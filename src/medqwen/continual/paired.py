@@ -1,0 +1,148 @@
+"""Single-seed runs as differences from the reference run (SSLoRA) of the same seed and recipe build.
+
+A rebuilt recipe model moves a run by more than a seed does (issue 7), so a baseline or an ablation is
+compared only with the reference that started from the same weights. The aggregates of several builds
+(benchmarks/results/continual.json, continual_build<sha8>.json: see benchmarks/continual/grid.py) become
+one table and one chart of paired differences; the reference's own shift between builds and its spread
+over seeds are shown beside them as the scale of what chance moves.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+from .io import pyplot, save_figure
+from .summary import method_entries
+
+# (key, label): metrics of a run's record; "calibrated_*" come from metrics_batch_calibrated.
+DELTA_KEYS = (("forgetting", "rel. forgetting"), ("final_avg", "final avg"), ("learning_acc", "learned"),
+              ("calibrated_forgetting", "batch-calibrated forgetting"), ("calibrated_final_avg", "batch-calibrated final avg"))
+
+
+def build_of(run: dict) -> str:
+    """The first 8 hex digits of the start model's sha256; "first" for runs from before fingerprints were kept."""
+    return (run.get("start_model_sha256") or "first")[:8]
+
+
+def run_metrics(run: dict) -> dict[str, float | None]:
+    calibrated = run.get("metrics_batch_calibrated") or {}
+    return {**{k: run["metrics"].get(k) for k in ("forgetting", "final_avg", "learning_acc")},
+            "calibrated_forgetting": calibrated.get("forgetting"), "calibrated_final_avg": calibrated.get("final_avg")}
+
+
+def _difference(a: dict, b: dict) -> dict[str, float | None]:
+    """a - b per metric, None where either is missing."""
+    return {k: None if a[k] is None or b[k] is None else a[k] - b[k] for k, _ in DELTA_KEYS}
+
+
+def paired_deltas(aggregates: Sequence[dict], *, reference: str = "sslora", seed: int = 1) -> dict:
+    """Every method and ablation with a run of `seed`, minus the `reference` run of that seed from the same build.
+
+    Returns {reference, seed, rows: [{name, kind ("method" | "ablation"), build, delta: {metric: a - b}}],
+    unpaired: [(name, build)] (no reference run of that build), rebuild: [{build, from_build, delta}] (the
+    reference on each later build minus its first build), seed_std: {metric: sample std over the reference's
+    seeds} from the aggregate holding most of them}. Values are fractions (0.05 = 5 points)."""
+    references: dict[str, dict] = {}
+    for results in aggregates:
+        run = ((results.get(reference) or {}).get("runs") or {}).get(str(seed))
+        if run is not None:
+            references.setdefault(build_of(run), run_metrics(run))
+    rows, unpaired = [], []
+    for results in aggregates:
+        ablations = set(results.get("ablations", {}))
+        for name, entry in method_entries(results):
+            run = entry["runs"].get(str(seed))
+            if name == reference or run is None:
+                continue
+            build = build_of(run)
+            if build not in references:
+                unpaired.append((name, build))
+                continue
+            rows.append({"name": name, "kind": "ablation" if name in ablations else "method", "build": build,
+                         "delta": _difference(run_metrics(run), references[build])})
+    builds = list(references)
+    rebuild = [{"build": b, "from_build": builds[0], "delta": _difference(references[b], references[builds[0]])}
+               for b in builds[1:]]
+    most = max((r[reference] for r in aggregates if reference in r), key=lambda e: len(e["seeds"]), default=None)
+    seed_std = {}
+    if most is not None and len(most["seeds"]) > 1:
+        seed_std = {"seeds": most["seeds"], "forgetting": most.get("forgetting_std"), "final_avg": most.get("final_avg_std"),
+                    "learning_acc": most.get("learning_acc_std")}
+    return {"reference": reference, "seed": seed, "rows": rows, "unpaired": unpaired, "rebuild": rebuild, "seed_std": seed_std}
+
+
+def _points(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:+.1f}"
+
+
+def markdown(paired: dict) -> str:
+    ref, seed = paired["reference"], paired["seed"]
+    lines = [f"Seed-{seed} runs minus the {ref} run of seed {seed} from the same recipe build, in points (negative "
+             "forgetting = forgets less; positive final avg = ends higher):", "",
+             "| run | kind | build | " + " | ".join(label for _, label in DELTA_KEYS) + " |",
+             "|---|---|---|" + "---:|" * len(DELTA_KEYS)]
+    for row in paired["rows"]:
+        lines.append(f"| {row['name']} | {row['kind']} | {row['build']} | " +
+                     " | ".join(_points(row["delta"][k]) for k, _ in DELTA_KEYS) + " |")
+    for shift in paired["rebuild"]:
+        lines.append(f"| {ref} itself, build {shift['build']} minus {shift['from_build']} | rebuilt recipe | {shift['build']} | " +
+                     " | ".join(_points(shift["delta"][k]) for k, _ in DELTA_KEYS) + " |")
+    std = paired["seed_std"]
+    if std:
+        lines += ["", f"For scale: {ref}'s sample std over seeds {', '.join(map(str, std['seeds']))} is "
+                  f"{100 * std['forgetting']:.1f} points of forgetting and {100 * std['final_avg']:.1f} of final avg; the "
+                  f"difference of two single runs varies about sqrt(2) times that ({100 * math.sqrt(2) * std['forgetting']:.1f} "
+                  f"and {100 * math.sqrt(2) * std['final_avg']:.1f})."]
+    if paired["unpaired"]:
+        lines += ["", "Left out (no reference run of their build yet): " +
+                  ", ".join(f"{name} ({build})" for name, build in paired["unpaired"])]
+    return "\n".join(lines) + "\n"
+
+
+def plot(paired: dict, path: Path) -> Path:
+    """Horizontal bars per run: the differences in forgetting, final average and batch-calibrated forgetting,
+    coloured by build, with the reference's rebuild shift as a hatched bar and a grey band of
+    +-sqrt(2) x its seed std (how much two single runs differ by chance alone)."""
+    plt = pyplot()
+
+    rows = [(r["name"], r["build"], r["delta"], False) for r in sorted(paired["rows"], key=lambda r: r["kind"] != "method")]
+    n_methods = sum(r["kind"] == "method" for r in paired["rows"])
+    rows += [(f"{paired['reference']} rebuilt ({s['build']} - {s['from_build']})", s["build"], s["delta"], True)
+             for s in paired["rebuild"]]
+    builds = list(dict.fromkeys(build for _, build, _, _ in rows))
+    panels = (("forgetting", "rel. forgetting, points\n(< 0: forgets less)"), ("final_avg", "final avg, points\n(> 0: ends higher)"),
+              ("calibrated_forgetting", "batch-calibrated forgetting,\npoints (< 0: forgets less)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(11, 0.32 * len(rows) + 2.2), sharey=True, layout="constrained")
+    std = paired["seed_std"]
+    for ax, (key, title) in zip(axes, panels):
+        if std.get(key) is not None:
+            band = 100 * math.sqrt(2) * std[key]
+            ax.axvspan(-band, band, color="grey", alpha=0.15, lw=0, label=f"±√2·σ over {len(std['seeds'])} seeds")
+        for y, (_, build, delta, shift) in enumerate(rows):
+            value = delta[key]
+            if value is None:
+                ax.text(0, y, "n/a", va="center", fontsize=7, color="grey")
+                continue
+            ax.barh(y, 100 * value, color=f"C{builds.index(build)}", alpha=0.75, hatch="//" if shift else None,
+                    edgecolor="black" if shift else None, label=f"build {build}")
+            ax.text(100 * value, y, f" {100 * value:+.1f} ", va="center", ha="left" if value >= 0 else "right", fontsize=7)
+        ax.axvline(0, color="black", lw=0.8)
+        for y in {n_methods - 0.5, len(paired["rows"]) - 0.5} - {-0.5, len(rows) - 0.5}:  # methods | ablations | rebuild
+            ax.axhline(y, color="grey", lw=0.6, ls="--")
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        lo, hi = ax.get_xlim()
+        ax.set_xlim(lo - 0.15 * (hi - lo), hi + 0.15 * (hi - lo))  # room for the labels
+    handles = {}
+    for handle, label in zip(*axes[0].get_legend_handles_labels()):
+        handles.setdefault(label, handle)  # the first bar of a build: plain, not the hatched rebuild shift
+    fig.legend(handles.values(), handles.keys(), fontsize=8, loc="outside lower center", ncol=len(handles))
+    axes[0].set_yticks(range(len(rows)), [name for name, *_ in rows], fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"Seed-{paired['seed']} runs minus {paired['reference']} seed {paired['seed']} of the same recipe build", fontsize=10)
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)

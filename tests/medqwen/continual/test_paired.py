@@ -1,0 +1,89 @@
+"""medqwen.continual.paired and benchmarks/continual/paired.py: each seed-1 run minus the reference run of its
+own recipe build, the reference's own rebuild shift, the seed spread for scale; calibrated figures filled in
+from answers.py rebuilds by run folder."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from medqwen.continual.paired import markdown, paired_deltas, plot
+
+REPO = Path(__file__).resolve().parents[3]
+spec = importlib.util.spec_from_file_location("continual_paired", REPO / "benchmarks" / "continual" / "paired.py")
+paired_script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(paired_script)
+
+
+def _run(forgetting, final_avg, learned, sha, calibrated=None, folder=None):
+    return {"metrics": {"forgetting": forgetting, "final_avg": final_avg, "learning_acc": learned}, "start_model_sha256": sha,
+            "metrics_batch_calibrated": calibrated and {"forgetting": calibrated[0], "final_avg": calibrated[1]}, "dir": folder}
+
+
+def _entry(runs: dict, std=(None, None)):
+    return {"seeds": sorted(int(s) for s in runs), "runs": runs, "forgetting_std": std[0], "final_avg_std": std[1]}
+
+
+A, B = "a" * 64, "b" * 64
+FIRST = {  # build a: the reference over three seeds, a baseline, an ablation
+    "sslora": _entry({"0": _run(0.10, 0.70, 0.7, None), "1": _run(0.16, 0.64, 0.72, A, (0.05, 0.70)),
+                      "2": _run(0.13, 0.65, 0.7, A)}, std=(0.03, 0.04)),
+    "lora": _entry({"0": _run(0.14, 0.70, 0.76, None), "1": _run(0.32, 0.59, 0.75, A, (0.23, 0.65))}),
+    "ablations": {"init_zero": _entry({"1": _run(0.15, 0.66, 0.71, A)}), "references": {"sslora": "see the method"}},
+}
+SECOND = {  # build b: the reference again, an ablation; and a run of a third build with no reference
+    "sslora": _entry({"1": _run(0.27, 0.61, 0.75, B, (0.16, 0.69))}),
+    "ablations": {"scaling_expert_rank": _entry({"1": _run(0.22, 0.665, 0.78, B, (0.15, 0.71))}),
+                  "rank8": _entry({"1": _run(0.3, 0.6, 0.7, "c" * 64)})},
+}
+
+
+def test_each_run_is_paired_with_the_reference_of_its_own_build():
+    paired = paired_deltas([FIRST, SECOND], reference="sslora", seed=1)
+    rows = {r["name"]: r for r in paired["rows"]}
+    assert set(rows) == {"lora", "init_zero", "scaling_expert_rank"}
+    assert rows["lora"]["kind"] == "method" and rows["init_zero"]["kind"] == "ablation"
+    assert rows["lora"]["delta"]["forgetting"] == pytest.approx(0.32 - 0.16)
+    assert rows["lora"]["delta"]["calibrated_final_avg"] == pytest.approx(0.65 - 0.70)
+    assert rows["init_zero"]["delta"]["calibrated_forgetting"] is None  # the ablation has no calibrated figures
+    # build b's ablation against build b's reference, not build a's
+    assert rows["scaling_expert_rank"]["build"] == "bbbbbbbb"
+    assert rows["scaling_expert_rank"]["delta"]["forgetting"] == pytest.approx(0.22 - 0.27)
+    assert rows["scaling_expert_rank"]["delta"]["learning_acc"] == pytest.approx(0.78 - 0.75)
+    assert paired["unpaired"] == [("rank8", "cccccccc")]
+    (shift,) = paired["rebuild"]
+    assert (shift["build"], shift["from_build"]) == ("bbbbbbbb", "aaaaaaaa")
+    assert shift["delta"]["forgetting"] == pytest.approx(0.27 - 0.16)
+    assert paired["seed_std"] == {"seeds": [0, 1, 2], "forgetting": 0.03, "final_avg": 0.04, "learning_acc": None}
+
+
+def test_table_and_chart(tmp_path):
+    paired = paired_deltas([FIRST, SECOND])
+    table = markdown(paired)
+    assert "| lora | method | aaaaaaaa | +16.0 | -5.0 | +3.0 | +18.0 | -5.0 |" in table
+    assert "| init_zero | ablation | aaaaaaaa | -1.0 | +2.0 | -1.0 | — | — |" in table
+    assert "| sslora itself, build bbbbbbbb minus aaaaaaaa | rebuilt recipe | bbbbbbbb | +11.0 |" in table
+    assert "3.0 points of forgetting" in table and "(4.2 and 5.7)" in table  # sqrt(2) x the seed std
+    assert "Left out (no reference run of their build yet): rank8 (cccccccc)" in table
+    assert plot(paired, tmp_path / "paired.png").stat().st_size > 10_000
+
+
+def test_calibrated_figures_come_from_the_rebuild_of_the_same_run_folder():
+    aggregate = {"lora": _entry({"1": _run(0.3, 0.6, 0.7, A, folder=str(REPO / "runs/continual/lora/seed1")),
+                                 "2": _run(0.3, 0.6, 0.7, A, folder=str(REPO / "runs/other/lora/seed2"))})}
+    rebuilt = [{"run": "runs/continual/lora/seed1", "batch": {"forgetting_mean": 0.2, "final_avg": 0.66}},
+               {"run": "runs/continual/lora/seed2", "batch": {"forgetting_mean": 0.1, "final_avg": 0.7}}]
+    assert paired_script.fill_calibrated([aggregate], rebuilt) == 1
+    runs = aggregate["lora"]["runs"]
+    assert runs["1"]["metrics_batch_calibrated"]["forgetting"] == 0.2
+    assert runs["2"]["metrics_batch_calibrated"] is None  # another folder: not this run's rebuild
+
+
+def test_write_paired_reads_every_build_aggregate(tmp_path):
+    (tmp_path / "continual.json").write_text(json.dumps(FIRST))
+    (tmp_path / "continual_build" f"{B[:8]}.json").write_text(json.dumps(SECOND))
+    paired = paired_script.write_paired(tmp_path)
+    assert paired["sources"] == ["continual.json", "continual_buildbbbbbbbb.json"]
+    assert json.loads((tmp_path / "continual_paired.json").read_text())["rebuild"][0]["build"] == "bbbbbbbb"
+    assert (tmp_path / "continual_paired.png").exists() and "scaling_expert_rank" in (tmp_path / "continual_paired.md").read_text()
