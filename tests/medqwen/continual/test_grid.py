@@ -242,3 +242,19 @@ def test_ablation_table_names_every_ablation_once_and_only_known_methods():
     assert set(named) <= set(grid.ablation_names()) | methods
     ablations = [n for n in named if n in grid.ablation_names()]
     assert sorted(ablations) == sorted(grid.ablation_names())  # each ablation has exactly one cell
+
+
+def test_the_paired_chart_is_refreshed_only_beside_the_committed_aggregates(tmp_path, monkeypatch):
+    committed, scratch = tmp_path / "results", tmp_path / "work"
+    committed.mkdir(), scratch.mkdir()
+    monkeypatch.setattr(grid, "RESULTS", committed)
+    reference = {"seeds": [1], "runs": {"1": {"metrics": {"forgetting": 0.2, "final_avg": 0.6, "learning_acc": 0.7},
+                                              "start_model_sha256": "ab" * 32}}}
+    other = json.loads(json.dumps(reference))
+    other["runs"]["1"]["metrics"]["forgetting"] = 0.1
+    (committed / "continual.json").write_text(json.dumps({"sslora": reference, "ablations": {"init_zero": other}}))
+    for smoke, results in ((True, committed / "continual.json"), (False, scratch / "continual.json")):
+        grid.write_paired_if_committed(grid.argparse.Namespace(smoke=smoke, results=results))
+        assert not (committed / "continual_paired.md").exists()
+    grid.write_paired_if_committed(grid.argparse.Namespace(smoke=False, results=committed / "continual.json"))
+    assert "| init_zero | ablation | abababab | -10.0 |" in (committed / "continual_paired.md").read_text()
