@@ -35,6 +35,10 @@ def build_results(run: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[s
         "R_rows": row_labels(names),
         "blank_own": blank_own,
         "R_gold_logprob": [[row["scores"][name].get("gold_logprob") for name in names] for row in rows],  # closed_rank tasks
+        # per cell, whether a lost score is a moved answer prior (one answer given to most questions) or lost image
+        # evidence (the candidates' likelihoods no longer rank the images: rank AUC towards 0.5); closed_rank tasks
+        "R_rank_auc": [[row["scores"][name].get("rank_auc") for name in names] for row in rows],
+        "R_pred_share": [[row["scores"][name].get("pred_share") for name in names] for row in rows],
         "metrics": metrics,
         **({"R_batch_calibrated": R_batch, "metrics_batch_calibrated": {
             k: v for k, v in summarize(R_batch, names).items() if k in ("forgetting", "final_avg", "bwt")}} if R_batch else {}),

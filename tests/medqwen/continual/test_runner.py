@@ -103,6 +103,8 @@ def test_tiny_sequence_end_to_end_and_resume(sequence, tmp_path, capsys):
     assert sum(colours["acc_by_answer"].values()) / 2 == pytest.approx(colours["score"])
     assert 0.0 <= colours["rank_auc"] <= 1.0 and 0.0 <= colours["batch_calibrated"] <= 1.0
     assert "R_batch_calibrated" not in results  # the synthetic task is generated, not ranked: no calibrated R
+    assert results["R_rank_auc"][2][0] == colours["rank_auc"] and results["R_pred_share"][2][0] == colours["pred_share"]
+    assert results["R_rank_auc"][2][1] is None  # a generated task has no ranking
     assert results["blank_own"]["colours"] == rows[1]["blank"]["colours"]["score"]
     assert results["trainable_params"] == rows[1]["train"]["trainable_params"]
     for name in ("results.md", "R_heatmap.png", "R_lines.png", "routing.png"):
