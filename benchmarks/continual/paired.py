@@ -18,8 +18,7 @@ from medqwen.continual.paired import markdown, paired_deltas, plot
 from medqwen.continual.summary import method_entries
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+RESULTS = HERE.parents[1] / "benchmarks" / "results"
 _spec = importlib.util.spec_from_file_location("continual_answers", HERE / "answers.py")
 answers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(answers)
@@ -33,14 +32,15 @@ def aggregate_files(results_dir: Path) -> list[Path]:
 
 def fill_calibrated(aggregates: list[dict], rebuilt: list[dict]) -> int:
     """Runs recorded before their batch-calibrated metrics were: take them from answers.py's rebuilds
-    (benchmarks/results/continual_answers/), matched by run folder. Returns how many runs were filled."""
-    by_folder = {entry["run"]: entry["batch"] for entry in rebuilt if entry.get("run")}
+    (benchmarks/results/continual_answers/), matched by run folder. Returns how many runs were filled.
+    A folder is compared by its last three parts (<work>/<method>/seed<k>): records keep the absolute path of
+    the machine that ran them, the rebuilds a relative one."""
+    by_folder = {Path(entry["run"]).parts[-3:]: entry["batch"] for entry in rebuilt if entry.get("run")}
     filled = 0
     for results in aggregates:
         for _, entry in method_entries(results):
             for run in entry["runs"].values():
-                folder = Path(run.get("dir") or "")
-                folder = folder.relative_to(REPO).as_posix() if folder.is_relative_to(REPO) else folder.as_posix()
+                folder = Path(run.get("dir") or "").parts[-3:]
                 if not run.get("metrics_batch_calibrated") and folder in by_folder:
                     batch = by_folder[folder]
                     run["metrics_batch_calibrated"] = {"forgetting": batch["forgetting_mean"], "final_avg": batch["final_avg"],

@@ -70,14 +70,14 @@ def test_table_and_chart(tmp_path):
 
 
 def test_calibrated_figures_come_from_the_rebuild_of_the_same_run_folder():
-    aggregate = {"lora": _entry({"1": _run(0.3, 0.6, 0.7, A, folder=str(REPO / "runs/continual/lora/seed1")),
+    aggregate = {"lora": _entry({"1": _run(0.3, 0.6, 0.7, A, folder="/elsewhere/clone/runs/continual/lora/seed1"),
                                  "2": _run(0.3, 0.6, 0.7, A, folder=str(REPO / "runs/other/lora/seed2"))})}
     rebuilt = [{"run": "runs/continual/lora/seed1", "batch": {"forgetting_mean": 0.2, "final_avg": 0.66}},
                {"run": "runs/continual/lora/seed2", "batch": {"forgetting_mean": 0.1, "final_avg": 0.7}}]
     assert paired_script.fill_calibrated([aggregate], rebuilt) == 1
     runs = aggregate["lora"]["runs"]
     assert runs["1"]["metrics_batch_calibrated"]["forgetting"] == 0.2
-    assert runs["2"]["metrics_batch_calibrated"] is None  # another folder: not this run's rebuild
+    assert runs["2"]["metrics_batch_calibrated"] is None  # another work folder: not this run's rebuild
 
 
 def test_write_paired_reads_every_build_aggregate(tmp_path):
