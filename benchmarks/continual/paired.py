@@ -50,10 +50,11 @@ def fill_calibrated(aggregates: list[dict], rebuilt: list[dict]) -> int:
 
 
 def write_paired(results_dir: Path = RESULTS, *, reference: str = "sslora", seed: int = 1) -> dict:
-    aggregates = [json.loads(path.read_text()) for path in aggregate_files(results_dir)]
+    sources = aggregate_files(results_dir)
+    aggregates = [json.loads(path.read_text()) for path in sources]
     fill_calibrated(aggregates, answers.summarize(results_dir / "continual_answers"))
     paired = paired_deltas(aggregates, reference=reference, seed=seed)
-    paired["sources"] = [path.name for path in aggregate_files(results_dir)]
+    paired["sources"] = [path.name for path in sources]
     stem = results_dir / "continual_paired"
     write_json(stem.with_suffix(".json"), paired)
     write_text(stem.with_suffix(".md"), markdown(paired))

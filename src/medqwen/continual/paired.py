@@ -14,16 +14,11 @@ from pathlib import Path
 from typing import Sequence
 
 from .io import pyplot, save_figure
-from .summary import method_entries
+from .summary import build_of, method_entries
 
 # (key, label): metrics of a run's record; "calibrated_*" come from metrics_batch_calibrated.
 DELTA_KEYS = (("forgetting", "rel. forgetting"), ("final_avg", "final avg"), ("learning_acc", "learned"),
               ("calibrated_forgetting", "batch-calibrated forgetting"), ("calibrated_final_avg", "batch-calibrated final avg"))
-
-
-def build_of(run: dict) -> str:
-    """The first 8 hex digits of the start model's sha256; "first" for runs from before fingerprints were kept."""
-    return (run.get("start_model_sha256") or "first")[:8]
 
 
 def run_metrics(run: dict) -> dict[str, float | None]:

@@ -46,6 +46,12 @@ def summarize_method(runs: dict[int, dict], planned: list[int]) -> dict:
     return out
 
 
+def build_of(run: dict) -> str:
+    """A run's recipe build: the first 8 hex digits of its start model's sha256; "first" for runs from before
+    fingerprints were kept."""
+    return (run.get("start_model_sha256") or "first")[:8]
+
+
 def pm(entry: dict, key: str) -> str:
     """mean ± std in % points."""
     std = entry.get(f"{key}_std")
@@ -94,7 +100,7 @@ def run_rows(results: dict, tasks: list[str]) -> list[str]:
             R, own = run["R"], [run["R"][i + 1][i] for i in range(len(tasks))]
             cells = [f"{pct(own[j])} / {pct(R[-1][j])}" for j in range(len(tasks) - 1)]
             cells.append(f"{pct(own[-1])} ({pct(run['blank_own'][tasks[-1]])})")
-            build = (run.get("start_model_sha256") or "first")[:8]
+            build = build_of(run)
             metrics, calibrated = run["metrics"], run.get("metrics_batch_calibrated") or {}
             lines.append(f"| {name} | {seed} | {build} | " + " | ".join(cells) + f" | {pct(metrics['forgetting'])} | "
                          f"{pct(metrics['final_avg'])} | {100 * metrics['bwt']:.1f} | "
@@ -207,11 +213,11 @@ def ablation_values(results: dict, layout: AblationLayout, seed: int) -> list:
 
 
 def ablation_builds(results: dict, layout: AblationLayout, seed: int) -> list[str]:
-    """The recipe builds (first 8 hex digits of the start model's sha256; "first" for runs before fingerprints
-    were kept) that the finished runs of the table started from: single-seed cells compare only within a build."""
+    """The recipe builds (build_of) that the finished runs of the table started from: single-seed cells compare
+    only within a build."""
     names = {n for _, _, rows in layout for _, row_names in rows for n in row_names}
     runs = [_seed_run(results, n, seed) for n in sorted(names)]
-    return sorted({(run.get("start_model_sha256") or "first")[:8] for run in runs if run is not None})
+    return sorted({build_of(run) for run in runs if run is not None})
 
 
 def ablation_plot(results: dict, layout: AblationLayout, seed: int, path: Path) -> Path:
