@@ -1,5 +1,5 @@
 """Routing analysis of finished continual runs (issue 7, point 6): per task, the share of tokens each
-expert (= spectral segment) receives, per layer, as PNG + a JSON summary.
+expert (= spectral segment, under the spectral init) receives, per layer, as PNG + a JSON summary.
 
     python benchmarks/continual/routing.py runs/continual/sslora/seed0                # final model
     python benchmarks/continual/routing.py runs/continual/sslora/seed0 --row diagonal # each task right after its training
@@ -45,14 +45,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--row", default="final", help="a row number (0 = start), 'final' or 'diagonal' (default: final)")
     parser.add_argument("--out", type=Path, help="PNG path (one run only; default: <run>/routing_<row>.png)")
     args = parser.parse_args(argv)
-    from medqwen.continual.io import write_json
-    from medqwen.continual.routing import plot_routing, routing_summary
+    from medqwen.continual.io import read_json, write_json
+    from medqwen.continual.routing import expert_axis_label, plot_routing, routing_summary
 
     for run_dir in args.run_dir:
         routing, tasks, label = load_routing(run_dir, args.row)
         summary = {"run": str(run_dir), "row": args.row, "model": label, **routing_summary(routing, tasks)}
         png = args.out if args.out and len(args.run_dir) == 1 else run_dir / f"routing_{args.row}.png"
-        plot_routing(routing, tasks, png, title=f"{run_dir.parent.name} {run_dir.name}: token share per expert, {label}")
+        adapter = read_json(run_dir / "run.json")["method"].get("adapter")
+        plot_routing(routing, tasks, png, title=f"{run_dir.parent.name} {run_dir.name}: token share per expert, {label}",
+                     expert_label=expert_axis_label(adapter))
         write_json(png.with_suffix(".json"), summary)
         print(json.dumps(summary, indent=1))
         print(f"-> {png}")

@@ -75,7 +75,18 @@ def routing_summary(routing: Routing, tasks: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def plot_routing(routing: Routing, tasks: Sequence[str], path: str | Path, title: str = "") -> Path:
+def expert_axis_label(adapter: dict | None) -> str:
+    """What an expert index stands for (from a method's adapter spec): a spectral segment only under the
+    spectral init, SSLoRA's default."""
+    init = (adapter or {}).get("init", "spectral")
+    if init == "spectral":
+        return "expert (spectral segment)"
+    return f"expert ({init} init)"
+
+
+def plot_routing(
+    routing: Routing, tasks: Sequence[str], path: str | Path, title: str = "", expert_label: str = "expert"
+) -> Path:
     plt = pyplot()
 
     shares, layers = share_array(routing, tasks)
@@ -87,7 +98,7 @@ def plot_routing(routing: Routing, tasks: Sequence[str], path: str | Path, title
         ax = axes[i]
         image = ax.imshow(shares[i], aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
         ax.set_title(task, fontsize=9)
-        ax.set_xlabel("expert (spectral segment)")
+        ax.set_xlabel(expert_label)
         ax.set_xticks(range(N))
         if i == 0:
             ax.set_ylabel(f"adapted layer (model order, {L})")

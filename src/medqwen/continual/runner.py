@@ -28,7 +28,7 @@ from typing import Any, Callable
 from .config import SequenceConfig, TaskConfig
 from .io import read_json, write_json
 from .report import build_results, row_labels, write_report
-from .routing import plot_routing, routing_shares, routing_summary
+from .routing import expert_axis_label, plot_routing, routing_shares, routing_summary
 from .tasks import read_task_data, score_task, scorer_name
 
 
@@ -254,7 +254,8 @@ class ContinualRunner:
             labels = row_labels(names)
             results["routing"] = {labels[i]: routing_summary(r, names) for i, r in routing_rows.items()}
             plot_routing(routing_rows[T], names, self.out / "routing.png",
-                         title=f"token share per expert, final model: {config.method.name}, seed {config.seed}")
+                         title=f"token share per expert, final model: {config.method.name}, seed {config.seed}",
+                         expert_label=expert_axis_label(config.method.adapter))
         write_report(results, self.out)
         metrics = results["metrics"]
         forgetting = "—" if metrics["forgetting"] is None else f"{100 * metrics['forgetting']:.1f}%"
