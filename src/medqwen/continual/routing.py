@@ -1,4 +1,4 @@
-"""Routing analysis: per task, the share of tokens each expert (= spectral segment) receives, per layer.
+"""Routing analysis: per task, the share of tokens each expert (a spectral segment, under the spectral init) receives, per layer.
 
 The runner resets :meth:`sslora.SSLoRAModel.routing_stats` before scoring each task and stores the
 per-layer ``fraction`` lists it returns (padding excluded; every token of the ranking forwards counts:
