@@ -201,6 +201,9 @@ def test_status_reads_each_run_from_disk(setup):
     assert grid.run_status(args, "m1", 0) == "done"
     assert grid.run_status(args, "m2", 0) == "stopped (resumes): 1 rows of R on disk, last task folder task1_a"
     assert grid.run_status(args, "m2", 1) == "pending"
+    (partial / "train" / "task1_a" / "checkpoints" / "checkpoint-0000050").mkdir(parents=True)
+    (partial / "train" / "task1_a" / "checkpoints" / "checkpoint-0000100").mkdir()
+    assert grid.run_status(args, "m2", 0).endswith("last task folder task1_a (checkpoint at step 100)")
 
 
 def test_hours_left_counts_unfinished_runs_at_the_median_finished_run(setup):
