@@ -247,8 +247,10 @@ def run_status(args, method: str, seed: int) -> str:
     holder = lock.read_text().strip() if lock.is_file() else ""
     running = f"running (pid {holder})" if holder.isdigit() and _pid_alive(int(holder)) else "stopped (resumes)"
     tasks = sorted(p.name for p in (out / "train").glob("task*"))
-    ckpts = sorted((out / "train" / tasks[-1] / "checkpoints").glob("checkpoint-*")) if tasks else []
-    step = f" (checkpoint at step {int(ckpts[-1].name.split('-')[1])})" if ckpts else ""
+    from medqwen.training.checkpoint import latest_checkpoint  # the one resume continues from
+
+    ckpt = latest_checkpoint(out / "train" / tasks[-1] / "checkpoints") if tasks else None
+    step = f" (checkpoint at step {int(ckpt.name.split('-')[1])})" if ckpt else ""
     return f"{running}: {len(rows)} rows of R on disk, last task folder {tasks[-1] if tasks else '-'}{step}"
 
 

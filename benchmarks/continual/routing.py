@@ -18,12 +18,13 @@ import json
 from pathlib import Path
 
 
-def load_routing(run_dir: Path, row: str) -> tuple[dict, list[str], str]:
-    """(task -> layer -> shares, task names, label) for a row number, 'final' or 'diagonal'."""
+def load_routing(run_dir: Path, row: str) -> tuple[dict, list[str], str, dict | None]:
+    """(task -> layer -> shares, task names, label, the method's adapter spec) for a row number, 'final' or
+    'diagonal'."""
     from medqwen.continual.io import read_json
 
-    results = read_json(run_dir / "run.json")
-    tasks = [t["name"] for t in results["tasks"]]
+    run = read_json(run_dir / "run.json")
+    tasks, adapter = [t["name"] for t in run["tasks"]], run["method"].get("adapter")
 
     def row_file(index: int) -> dict:
         path = run_dir / "eval" / f"row_{index:02d}_routing.json"
@@ -33,10 +34,10 @@ def load_routing(run_dir: Path, row: str) -> tuple[dict, list[str], str]:
         return read_json(path)
 
     if row == "diagonal":
-        return {t: row_file(i + 1)[t] for i, t in enumerate(tasks)}, tasks, "each task right after its own training"
+        return {t: row_file(i + 1)[t] for i, t in enumerate(tasks)}, tasks, "each task right after its own training", adapter
     index = len(tasks) if row == "final" else int(row)
     label = "start" if index == 0 else f"after {tasks[index - 1]}"
-    return row_file(index), tasks, label
+    return row_file(index), tasks, label, adapter
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,14 +46,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--row", default="final", help="a row number (0 = start), 'final' or 'diagonal' (default: final)")
     parser.add_argument("--out", type=Path, help="PNG path (one run only; default: <run>/routing_<row>.png)")
     args = parser.parse_args(argv)
-    from medqwen.continual.io import read_json, write_json
+    from medqwen.continual.io import write_json
     from medqwen.continual.routing import expert_axis_label, plot_routing, routing_summary
 
     for run_dir in args.run_dir:
-        routing, tasks, label = load_routing(run_dir, args.row)
+        routing, tasks, label, adapter = load_routing(run_dir, args.row)
         summary = {"run": str(run_dir), "row": args.row, "model": label, **routing_summary(routing, tasks)}
         png = args.out if args.out and len(args.run_dir) == 1 else run_dir / f"routing_{args.row}.png"
-        adapter = read_json(run_dir / "run.json")["method"].get("adapter")
         plot_routing(routing, tasks, png, title=f"{run_dir.parent.name} {run_dir.name}: token share per expert, {label}",
                      expert_label=expert_axis_label(adapter))
         write_json(png.with_suffix(".json"), summary)

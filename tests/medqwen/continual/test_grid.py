@@ -201,8 +201,12 @@ def test_status_reads_each_run_from_disk(setup):
     assert grid.run_status(args, "m1", 0) == "done"
     assert grid.run_status(args, "m2", 0) == "stopped (resumes): 1 rows of R on disk, last task folder task1_a"
     assert grid.run_status(args, "m2", 1) == "pending"
-    (partial / "train" / "task1_a" / "checkpoints" / "checkpoint-0000050").mkdir(parents=True)
-    (partial / "train" / "task1_a" / "checkpoints" / "checkpoint-0000100").mkdir()
+    from medqwen.training.checkpoint import STATE_NAME
+
+    for step in (50, 100):  # complete checkpoints; an interrupted save's folder has no state file
+        (partial / "train" / "task1_a" / "checkpoints" / f"checkpoint-{step:07d}").mkdir(parents=True)
+        (partial / "train" / "task1_a" / "checkpoints" / f"checkpoint-{step:07d}" / STATE_NAME).write_text("{}")
+    (partial / "train" / "task1_a" / "checkpoints" / "checkpoint-0000150").mkdir()
     assert grid.run_status(args, "m2", 0).endswith("last task folder task1_a (checkpoint at step 100)")
 
 
