@@ -40,7 +40,11 @@ class SSLoRAConfig:
 
     r: int = field(default=32, metadata={"help": "Total rank r, shared by the N experts (d = r / N each)."})
     num_experts: int = field(default=8, metadata={"help": "Number of experts N per adapted layer."})
-    top_k: int = field(default=2, metadata={"help": "Experts active per token (k <= N)."})
+    top_k: int = field(
+        default=2,
+        metadata={"help": "Experts active per token (k <= N). Gates are a softmax over the k kept logits, so at "
+                  "k = 1 every gate is 1 and the router learns from the balance loss only."},
+    )
     target_modules: Union[list[str], str, None] = field(
         default="qwen2_5_vl",
         metadata={

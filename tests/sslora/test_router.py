@@ -1,9 +1,12 @@
-"""The balance loss's written-out gradient, and its router-only form for forwards without autograd."""
+"""The balance loss's written-out gradient, its router-only form for forwards without autograd, and where the
+router's gradient comes from."""
 
 import pytest
 import torch
 
 from sslora.router import load_balancing_loss, router_balance_loss
+
+from .helpers import make_layer
 
 
 def _reference(logits, indices, num_experts, valid=None):
@@ -44,3 +47,21 @@ def test_router_balance_loss_gives_the_router_its_gradient_without_autograd():
     torch.testing.assert_close(surrogate.detach(), expected.detach())
     (got,) = torch.autograd.grad(surrogate * 3.0, weight)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_with_one_expert_per_token_the_task_loss_gives_the_router_no_gradient(top_k):
+    """Softmax over the kept logits (Mixtral, the paper): at k = 1 every gate is exactly 1, so the router
+    learns from the balance loss alone. This is why the 1-of-8 ablation routes almost uniformly
+    (benchmarks/continual/README.md); at k = 2 the task loss does reach the router."""
+    torch.manual_seed(0)
+    layer, _ = make_layer(40, 48, r=16, num_experts=8, top_k=top_k, scaling=2.0)
+    layer.compute_aux_loss = False  # the task loss only
+    layer.train()
+    x = torch.randn(3, 5, 48)
+    layer(x).square().sum().backward()
+    grad = layer.router.weight.grad
+    if top_k == 1:
+        assert grad is None or torch.count_nonzero(grad) == 0
+    else:
+        assert grad is not None and grad.abs().max() > 1e-4
