@@ -7,7 +7,8 @@
 Each variant runs through grid.py (its own run folder runs/continual_variants/<name>/, resumable, locked like
 the grid's runs) and its finished results.json is kept in benchmarks/results/continual_variants/<name>/. The
 table (benchmarks/results/continual_variants.md and .json) puts every finished variant beside the reference
-rows of the same seed: the grid's lora and sslora runs and its ablations, from benchmarks/results/continual_runs/.
+rows of the same seed and recipe build: the grid's headline runs, then its baselines and ablations, from
+benchmarks/results/continual_runs/ and continual_runs_build<sha>/; as scored, learned and batch-calibrated.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def row(name: str, kind: str, run: dict) -> dict:
     return {"name": name, "kind": kind, "method": run["method"].get("description") or run["method"]["name"],
             "lr": sorted({t["lr"] for t in run["tasks"]}), "seed": run["seed"], "start_model_sha256": run.get("model_sha256"),
             **{k: run["metrics"][k] for k in ("forgetting", "final_avg", "bwt")},
+            "learned": run["metrics"].get("learning_acc"),
+            "calibrated": {k: (run.get("metrics_batch_calibrated") or {}).get(k) for k in ("forgetting", "final_avg")},
             "tasks": {t: {"own": per[t]["after_own_training"], "blank": per[t]["blank_after_own_training"],
                           "final": per[t]["final"], "train_loss": (run.get("train") or {}).get(t, {}).get("final_loss")}
                       for t in names}}
@@ -93,7 +96,8 @@ def collect(seed: int, variants: list[dict]) -> list[dict]:
         for path in sorted((RESULTS / "continual_variants" / variant["name"]).glob(f"*_seed{seed}.json")):
             rows.append(row(variant["name"], "variant", json.loads(path.read_text())))
     builds = list(dict.fromkeys(r["start_model_sha256"] for r in rows))  # in order of first appearance
-    return sorted(rows, key=lambda r: builds.index(r["start_model_sha256"]))  # stable: references first per build
+    kinds = ("reference", "grid", "variant")
+    return sorted(rows, key=lambda r: (builds.index(r["start_model_sha256"]), kinds.index(r["kind"])))
 
 
 def markdown(rows: list[dict]) -> str:
@@ -104,15 +108,18 @@ def markdown(rows: list[dict]) -> str:
     def pct(v):
         return "—" if v is None else f"{100 * v:.1f}"
 
-    lines = ["| run | method | lr | rel. forgetting % | final avg % | BWT | " +
+    lines = ["| run | method | lr | rel. forgetting % | final avg % | BWT | learned % | batch-calibrated forgetting / final avg % | " +
              " | ".join(f"{t}: own (blank) / final" for t in tasks) + " | start model |",
-             "|---|---|---|---:|---:|---:|" + "---:|" * len(tasks) + "---|"]
+             "|---|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(tasks) + "---|"]
     for r in rows:
         cells = " | ".join(f"{pct(r['tasks'][t]['own'])} ({pct(r['tasks'][t]['blank'])}) / {pct(r['tasks'][t]['final'])}"
                            for t in tasks)
         sha = (r["start_model_sha256"] or "first build (not kept)")[:12]
+        calibrated = r.get("calibrated") or {}
+        calibrated = ("—" if calibrated.get("forgetting") is None
+                      else f"{pct(calibrated['forgetting'])} / {pct(calibrated['final_avg'])}")
         lines.append(f"| {r['name']} | {r['method']} | {', '.join(f'{x:g}' for x in r['lr'])} | {pct(r['forgetting'])} | "
-                     f"{pct(r['final_avg'])} | {pct(r['bwt'])} | {cells} | {sha} |")
+                     f"{pct(r['final_avg'])} | {pct(r['bwt'])} | {pct(r.get('learned'))} | {calibrated} | {cells} | {sha} |")
     return "\n".join(lines) + "\n"
 
 

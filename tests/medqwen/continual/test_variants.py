@@ -16,12 +16,14 @@ variants = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(variants)
 
 
-def _record(path: Path, method: str, seed: int, lr: float, R: list, sha: str = "ab" * 32) -> None:
+def _record(path: Path, method: str, seed: int, lr: float, R: list, sha: str = "ab" * 32, calibrated: list | None = None) -> None:
     run = {"sequence": "two", "method": {"name": method, "description": f"{method} desc"}, "seed": seed,
            "model_sha256": sha, "tasks": [{"name": "a", "lr": lr}, {"name": "b", "lr": lr}]}
-    rows = [{"scores": {t: {"score": v, "n": 10, "seconds": 1.0} for t, v in zip("ab", row)},
+    calibrated = calibrated or [[None] * len(row) for row in R]
+    rows = [{"scores": {t: {"score": v, "n": 10, "seconds": 1.0, **({"batch_calibrated": c} if c is not None else {})}
+                        for t, v, c in zip("ab", row, cal)},
              "blank": {} if i == 0 else {"ab"[i - 1]: {"score": 0.5}}, "train": {} if i == 0 else {"final_loss": 0.1 * i}}
-            for i, row in enumerate(R)]
+            for i, (row, cal) in enumerate(zip(R, calibrated))]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(build_results(run, rows)))
 
@@ -45,7 +47,8 @@ def test_table_puts_variants_beside_the_references_of_the_same_seed(tmp_path, mo
     assert rows[0]["forgetting"] == pytest.approx(0.25) and rows[1]["forgetting"] == pytest.approx(0.1)  # (0.8 - 0.6) / 0.8, (1.0 - 0.9) / 1.0
     assert rows[1]["tasks"]["a"] == {"own": 1.0, "blank": 0.5, "final": 0.9, "train_loss": 0.1}
     table = variants.markdown(rows)
-    assert "| sslora_lr | sslora desc | 0.001 | 10.0 | 85.0 | -10.0 | 100.0 (50.0) / 90.0 | 80.0 (50.0) / 80.0 | abababababab |" in table
+    # learned = mean own-task score (1.0 + 0.8) / 2; no batch-calibrated scores in these records
+    assert "| sslora_lr | sslora desc | 0.001 | 10.0 | 85.0 | -10.0 | 90.0 | — | 100.0 (50.0) / 90.0 | 80.0 (50.0) / 80.0 | abababababab |" in table
 
 
 def test_each_variant_sits_beside_the_references_of_its_own_build(tmp_path, monkeypatch):
@@ -60,3 +63,13 @@ def test_each_variant_sits_beside_the_references_of_its_own_build(tmp_path, monk
     rows = variants.collect(1, [{"name": n, "method": "sslora", "var": {}} for n in ("x", "y")])
     assert [(r["name"], r["start_model_sha256"][:2]) for r in rows] == [
         ("lora", "ab"), ("sslora", "ab"), ("y", "ab"), ("sslora", "cd"), ("x", "cd")]
+
+
+def test_table_gives_the_batch_calibrated_pair_when_the_run_recorded_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(variants, "RESULTS", tmp_path)
+    _record(tmp_path / "continual_variants" / "x" / "sslora_seed1.json", "sslora", 1, 1e-3,
+            [[0.5, 0.5], [0.8, 0.5], [0.6, 0.9]], calibrated=[[0.5, 0.5], [0.8, 0.5], [0.7, 0.9]])
+    (row,) = variants.collect(1, [{"name": "x", "method": "sslora", "var": {}}])
+    assert row["calibrated"]["forgetting"] == pytest.approx(0.125)  # (0.8 - 0.7) / 0.8
+    assert row["calibrated"]["final_avg"] == pytest.approx(0.8)  # (0.7 + 0.9) / 2
+    assert "| 25.0 | 75.0 | -20.0 | 85.0 | 12.5 / 80.0 |" in variants.markdown([row])
