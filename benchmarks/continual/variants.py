@@ -115,9 +115,8 @@ def markdown(rows: list[dict]) -> str:
         cells = " | ".join(f"{pct(r['tasks'][t]['own'])} ({pct(r['tasks'][t]['blank'])}) / {pct(r['tasks'][t]['final'])}"
                            for t in tasks)
         sha = (r["start_model_sha256"] or "first build (not kept)")[:12]
-        calibrated = r.get("calibrated") or {}
-        calibrated = ("—" if calibrated.get("forgetting") is None
-                      else f"{pct(calibrated['forgetting'])} / {pct(calibrated['final_avg'])}")
+        cal = r.get("calibrated") or {}
+        calibrated = "—" if cal.get("forgetting") is None else f"{pct(cal['forgetting'])} / {pct(cal['final_avg'])}"
         lines.append(f"| {r['name']} | {r['method']} | {', '.join(f'{x:g}' for x in r['lr'])} | {pct(r['forgetting'])} | "
                      f"{pct(r['final_avg'])} | {pct(r['bwt'])} | {pct(r.get('learned'))} | {calibrated} | {cells} | {sha} |")
     return "\n".join(lines) + "\n"

@@ -78,7 +78,9 @@ def routing_summary(routing: Routing, tasks: Sequence[str]) -> dict[str, Any]:
 def expert_axis_label(adapter: dict | None) -> str:
     """What an expert index stands for (from a method's adapter spec): a spectral segment only under the
     spectral init, SSLoRA's default."""
-    init = (adapter or {}).get("init", "spectral")
+    from sslora.config import SSLoRAConfig
+
+    init = (adapter or {}).get("init", SSLoRAConfig.init)  # an unset init is SSLoRA's default
     if init == "spectral":
         return "expert (spectral segment)"
     return f"expert ({init} init)"
