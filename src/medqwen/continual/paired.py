@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Sequence
 
 from .io import pyplot, save_figure
+from .significance import pairs_needed, paired_t_test, power
 from .summary import build_of, method_entries
 
 # (key, label): metrics of a run's record; "calibrated_*" come from metrics_batch_calibrated.
 DELTA_KEYS = (("forgetting", "rel. forgetting"), ("final_avg", "final avg"), ("learning_acc", "learned"),
               ("calibrated_forgetting", "batch-calibrated forgetting"), ("calibrated_final_avg", "batch-calibrated final avg"))
+# The paper's headline as a gap in relative forgetting: SSLoRA about 5% where LoRA r=32 forgets 20% or more.
+PAPER_FORGETTING_GAP = 0.15
 
 
 def run_metrics(run: dict) -> dict[str, float | None]:
@@ -38,7 +41,8 @@ def paired_deltas(aggregates: Sequence[dict], *, reference: str = "sslora", seed
     Returns {reference, seed, rows: [{name, kind ("method" | "ablation"), build, delta: {metric: a - b}}],
     unpaired: [(name, build)] (no reference run of that build), rebuild: [{build, from_build, delta}] (the
     reference on each later build minus its first build), seed_std: {metric: sample std over the reference's
-    seeds} from the aggregate holding most of them}. Values are fractions (0.05 = 5 points)."""
+    seeds} from the aggregate holding most of them, seed_pairs: seed_pairs(aggregates)}. Values are fractions
+    (0.05 = 5 points)."""
     references: dict[str, dict] = {}
     for results in aggregates:
         run = ((results.get(reference) or {}).get("runs") or {}).get(str(seed))
@@ -65,7 +69,64 @@ def paired_deltas(aggregates: Sequence[dict], *, reference: str = "sslora", seed
     if most is not None and len(most["seeds"]) > 1:
         seed_std = {"seeds": most["seeds"], "forgetting": most.get("forgetting_std"), "final_avg": most.get("final_avg_std"),
                     "learning_acc": most.get("learning_acc_std")}
-    return {"reference": reference, "seed": seed, "rows": rows, "unpaired": unpaired, "rebuild": rebuild, "seed_std": seed_std}
+    return {"reference": reference, "seed": seed, "rows": rows, "unpaired": unpaired, "rebuild": rebuild, "seed_std": seed_std,
+            "seed_pairs": seed_pairs(aggregates, reference=reference)}
+
+
+def seed_pairs(aggregates: Sequence[dict], *, reference: str = "sslora", least: int = 2) -> dict[str, dict]:
+    """Each method (not ablation) with at least `least` runs sharing seed and recipe build with a `reference` run:
+    method -> {pairs: [{build, seed, delta}], tests: {metric: paired_t_test of the deltas}}, deltas method -
+    reference. Several pairs give the only comparison with a spread of its own (see significance.py)."""
+    out = {}
+    for name in dict.fromkeys(name for results in aggregates for name, _ in method_entries(results)):
+        pairs = []
+        for results in aggregates:
+            if name in results.get("ablations", {}) or name == reference:
+                continue
+            runs, references = ((results.get(key) or {}).get("runs") or {} for key in (name, reference))
+            for seed in sorted(set(runs) & set(references), key=int):
+                if build_of(runs[seed]) == build_of(references[seed]):
+                    pairs.append({"build": build_of(runs[seed]), "seed": int(seed),
+                                  "delta": _difference(run_metrics(runs[seed]), run_metrics(references[seed]))})
+        if len(pairs) >= least:
+            tests = {k: paired_t_test([p["delta"][k] for p in pairs]) for k, _ in DELTA_KEYS
+                     if all(p["delta"][k] is not None for p in pairs)}
+            out[name] = {"pairs": pairs, "tests": tests}
+            if tests.get("forgetting", {}).get("p") is not None:
+                out[name]["forgetting_power"] = power_note(tests["forgetting"])
+    return out
+
+
+def power_note(test: dict, gap: float = PAPER_FORGETTING_GAP) -> dict:
+    """For a forgetting test: the chance that its n pairs detect the paper's gap at the pairs' own spread, and
+    the pairs 80% power needs at that gap and at the observed mean difference."""
+    return {"gap": gap, "power_at_gap": power(test["n"], gap, test["std"]),
+            "pairs_for_gap": pairs_needed(gap, test["std"]), "pairs_for_observed": pairs_needed(test["mean"], test["std"])}
+
+
+def _build_label(build: str) -> str:
+    return "from before fingerprints," if build == "first" else f"build {build}"
+
+
+def pairs_markdown(name: str, reference: str, entry: dict) -> list[str]:
+    keys = [(k, label) for k, label in DELTA_KEYS if k in entry["tests"]]
+    lines = [f"Same-seed pairs, {name} minus {reference} (each pair: one seed, one recipe build), in points:", "",
+             "| pair | " + " | ".join(label for _, label in keys) + " |", "|---|" + "---:|" * len(keys)]
+    lines += [f"| {_build_label(p['build'])} seed {p['seed']} | " + " | ".join(_points(p["delta"][k]) for k, _ in keys) + " |"
+              for p in entry["pairs"]]
+    tests = entry["tests"]
+    lines.append(f"| mean ± std over {len(entry['pairs'])} pairs | " +
+                 " | ".join(f"{_points(tests[k]['mean'])} ± {100 * tests[k]['std']:.1f}" for k, _ in keys) + " |")
+    lines.append("| paired t-test p | " + " | ".join("—" if tests[k]["p"] is None else f"{tests[k]['p']:.2f}" for k, _ in keys) + " |")
+    if "forgetting_power" in entry:
+        forgetting, note = tests["forgetting"], entry["forgetting_power"]
+        never = "no number of pairs would"
+        lines += ["", f"Power (two-sided paired t-test, alpha 0.05, taking the pairs' spread of {100 * forgetting['std']:.1f} "
+                  f"points as the true one): if {reference} forgot {100 * note['gap']:.0f} points less than {name} (the "
+                  f"paper's gap), {len(entry['pairs'])} pairs would show it with probability {note['power_at_gap']:.2f}; "
+                  f"80% power needs {note['pairs_for_gap'] or never} pairs. At the observed mean difference "
+                  f"({_points(forgetting['mean'])}), 80% power needs {note['pairs_for_observed'] or never} pairs."]
+    return lines
 
 
 def _points(value: float | None) -> str:
@@ -90,6 +151,8 @@ def markdown(paired: dict) -> str:
                   f"{100 * std['forgetting']:.1f} points of forgetting and {100 * std['final_avg']:.1f} of final avg; the "
                   f"difference of two single runs varies about sqrt(2) times that ({100 * math.sqrt(2) * std['forgetting']:.1f} "
                   f"and {100 * math.sqrt(2) * std['final_avg']:.1f})."]
+    for name, entry in paired.get("seed_pairs", {}).items():
+        lines += [""] + pairs_markdown(name, ref, entry)
     if paired["unpaired"]:
         lines += ["", "Left out (no reference run of their build yet): " +
                   ", ".join(f"{name} ({build})" for name, build in paired["unpaired"])]

@@ -4,6 +4,7 @@ from answers.py rebuilds by run folder."""
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,23 @@ def test_write_paired_reads_every_build_aggregate(tmp_path):
     assert paired["sources"] == ["continual.json", "continual_buildbbbbbbbb.json"]
     assert json.loads((tmp_path / "continual_paired.json").read_text())["rebuild"][0]["build"] == "bbbbbbbb"
     assert (tmp_path / "continual_paired.png").exists() and "scaling_expert_rank" in (tmp_path / "continual_paired.md").read_text()
+
+
+def test_seed_pairs_take_every_shared_seed_of_one_build_and_leave_ablations_out():
+    mixed = {"sslora": _entry({"2": _run(0.1, 0.7, 0.7, A)}), "lora": _entry({"2": _run(0.2, 0.6, 0.7, B)}),
+             "ablations": {"init_zero": _entry({"0": _run(0.1, 0.7, 0.7, None), "1": _run(0.1, 0.7, 0.7, A)})}}
+    pairs = paired_deltas([FIRST, SECOND, mixed])["seed_pairs"]
+    assert set(pairs) == {"lora"}  # init_zero is an ablation; seed 2's runs started from different builds
+    lora = pairs["lora"]
+    assert [(p["build"], p["seed"]) for p in lora["pairs"]] == [("first", 0), ("aaaaaaaa", 1)]
+    test = lora["tests"]["forgetting"]  # differences 0.04 and 0.16
+    assert (test["n"], test["mean"], test["std"]) == (2, pytest.approx(0.10), pytest.approx(0.06 * math.sqrt(2)))
+    # t = 0.10 / (0.0849 / sqrt 2) = 5/3; one degree of freedom is the Cauchy law: p = 1 - (2/pi) atan|t|
+    assert test["p"] == pytest.approx(1 - 2 / math.pi * math.atan(5 / 3))
+    assert "calibrated_forgetting" not in lora["tests"]  # seed 0 has no calibrated figures
+    assert lora["forgetting_power"]["pairs_for_gap"] >= 2
+    table = markdown(paired_deltas([FIRST, SECOND]))
+    assert "Same-seed pairs, lora minus sslora" in table
+    assert "| from before fingerprints, seed 0 | +4.0 | +0.0 | +6.0 |" in table
+    assert "| mean ± std over 2 pairs | +10.0 ± 8.5 | -2.5 ± 3.5 | +4.5 ± 2.1 |" in table
+    assert "| paired t-test p | 0.34 | 0.50 | 0.20 |" in table
