@@ -104,6 +104,10 @@ def power_note(test: dict, gap: float = PAPER_FORGETTING_GAP) -> dict:
             "pairs_for_gap": pairs_needed(gap, test["std"]), "pairs_for_observed": pairs_needed(test["mean"], test["std"])}
 
 
+def _pairs(count: int | None) -> str:
+    return f"{count} pairs" if count else "more pairs than pairs_needed searches (no difference, or a tiny one)"
+
+
 def _build_label(build: str) -> str:
     return "from before fingerprints," if build == "first" else f"build {build}"
 
@@ -120,12 +124,11 @@ def pairs_markdown(name: str, reference: str, entry: dict) -> list[str]:
     lines.append("| paired t-test p | " + " | ".join("—" if tests[k]["p"] is None else f"{tests[k]['p']:.2f}" for k, _ in keys) + " |")
     if "forgetting_power" in entry:
         forgetting, note = tests["forgetting"], entry["forgetting_power"]
-        never = "no number of pairs would"
         lines += ["", f"Power (two-sided paired t-test, alpha 0.05, taking the pairs' spread of {100 * forgetting['std']:.1f} "
                   f"points as the true one): if {reference} forgot {100 * note['gap']:.0f} points less than {name} (the "
                   f"paper's gap), {len(entry['pairs'])} pairs would show it with probability {note['power_at_gap']:.2f}; "
-                  f"80% power needs {note['pairs_for_gap'] or never} pairs. At the observed mean difference "
-                  f"({_points(forgetting['mean'])}), 80% power needs {note['pairs_for_observed'] or never} pairs."]
+                  f"80% power needs {_pairs(note['pairs_for_gap'])}. At the observed mean difference "
+                  f"({_points(forgetting['mean'])}), 80% power needs {_pairs(note['pairs_for_observed'])}."]
     return lines
 
 

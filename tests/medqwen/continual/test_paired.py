@@ -108,3 +108,10 @@ def test_seed_pairs_take_every_shared_seed_of_one_build_and_leave_ablations_out(
     assert "| from before fingerprints, seed 0 | +4.0 | +0.0 | +6.0 |" in table
     assert "| mean ± std over 2 pairs | +10.0 ± 8.5 | -2.5 ± 3.5 | +4.5 ± 2.1 |" in table
     assert "| paired t-test p | 0.34 | 0.50 | 0.20 |" in table
+
+
+def test_the_power_note_says_when_no_number_of_pairs_would_do():
+    same = {"sslora": _entry({"0": _run(0.0, 0.7, 0.7, A), "1": _run(0.5, 0.6, 0.7, A)}, std=(0.3, 0.1)),
+            "lora": _entry({"0": _run(0.5, 0.7, 0.7, A), "1": _run(0.0, 0.6, 0.7, A)})}  # forgetting deltas +0.5, -0.5
+    table = markdown(paired_deltas([same]))
+    assert "At the observed mean difference (+0.0), 80% power needs more pairs than pairs_needed searches" in table
