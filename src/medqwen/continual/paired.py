@@ -73,8 +73,8 @@ def paired_deltas(aggregates: Sequence[dict], *, reference: str = "sslora", seed
             "seed_pairs": seed_pairs(aggregates, reference=reference)}
 
 
-def seed_pairs(aggregates: Sequence[dict], *, reference: str = "sslora", least: int = 2) -> dict[str, dict]:
-    """Each method (not ablation) with at least `least` runs sharing seed and recipe build with a `reference` run:
+def seed_pairs(aggregates: Sequence[dict], *, reference: str = "sslora") -> dict[str, dict]:
+    """Each method (not ablation) with at least two runs sharing seed and recipe build with a `reference` run:
     method -> {pairs: [{build, seed, delta}], tests: {metric: paired_t_test of the deltas}}, deltas method -
     reference. Several pairs give the only comparison with a spread of its own (see significance.py)."""
     out = {}
@@ -88,7 +88,7 @@ def seed_pairs(aggregates: Sequence[dict], *, reference: str = "sslora", least: 
                 if build_of(runs[seed]) == build_of(references[seed]):
                     pairs.append({"build": build_of(runs[seed]), "seed": int(seed),
                                   "delta": _difference(run_metrics(runs[seed]), run_metrics(references[seed]))})
-        if len(pairs) >= least:
+        if len(pairs) >= 2:  # one pair has no spread to test against
             tests = {k: paired_t_test([p["delta"][k] for p in pairs]) for k, _ in DELTA_KEYS
                      if all(p["delta"][k] is not None for p in pairs)}
             out[name] = {"pairs": pairs, "tests": tests}
