@@ -1,6 +1,6 @@
 """Every seed-1 baseline and ablation minus the SSLoRA seed-1 run of its own recipe build: one table, one chart.
 
-    python benchmarks/continual/paired.py        # -> benchmarks/results/continual_paired.{json,md,png}
+    python benchmarks/continual/paired.py        # -> benchmarks/results/continual_paired.{json,md,png}, continual_pairs.png
 
 Reads the grid's aggregates, benchmarks/results/continual.json and one continual_build<sha8>.json per later
 recipe build (grid.py writes them, and calls this after each finished run). See medqwen/continual/paired.py.
@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from medqwen.continual.io import write_json, write_text
-from medqwen.continual.paired import markdown, paired_deltas, plot
+from medqwen.continual.paired import markdown, paired_deltas, plot, plot_pairs
 from medqwen.continual.summary import method_entries
 
 HERE = Path(__file__).resolve().parent
@@ -60,6 +60,8 @@ def write_paired(results_dir: Path = RESULTS, *, reference: str = "sslora", seed
     write_text(stem.with_suffix(".md"), markdown(paired))
     if paired["rows"]:
         plot(paired, stem.with_suffix(".png"))
+    if paired["seed_pairs"]:
+        plot_pairs(paired["seed_pairs"], results_dir / "continual_pairs.png", reference=reference)
     return paired
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .io import pyplot, save_figure
-from .significance import pairs_needed, paired_t_test, power
+from .significance import confidence_interval, pairs_needed, paired_t_test, power
 from .summary import build_of, method_entries
 
 # (key, label): metrics of a run's record; "calibrated_*" come from metrics_batch_calibrated.
@@ -203,6 +203,44 @@ def plot(paired: dict, path: Path) -> Path:
     axes[0].set_yticks(range(len(rows)), [name for name, *_ in rows], fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle(f"Seed-{paired['seed']} runs minus {paired['reference']} seed {paired['seed']} of the same recipe build", fontsize=10)
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_pairs(pairs: dict[str, dict], path: Path, *, reference: str = "sslora") -> Path:
+    """One row per method of seed_pairs: each pair's difference from the reference as a dot (coloured by build),
+    the mean with its 95% interval, and in the forgetting panel the paper's gap as a dashed line."""
+    plt = pyplot()
+    panels = (("forgetting", f"rel. forgetting, method - {reference}, points\n(> 0: {reference} forgets less)"),
+              ("final_avg", f"final avg, method - {reference}, points\n(< 0: {reference} ends higher)"))
+    builds = list(dict.fromkeys(p["build"] for entry in pairs.values() for p in entry["pairs"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(10, 0.9 * len(pairs) + 1.8), sharey=True, layout="constrained")
+    for ax, (key, title) in zip(axes, panels):
+        for y, entry in enumerate(pairs.values()):
+            for p in entry["pairs"]:
+                ax.plot(100 * p["delta"][key], y, "o", color=f"C{builds.index(p['build'])}", alpha=0.8,
+                        label=_build_label(p["build"]).rstrip(","))
+            test = entry["tests"].get(key)
+            interval = test and confidence_interval(test)
+            if interval:
+                ax.plot([100 * v for v in interval], [y - 0.2] * 2, color="black", lw=1.5, label="mean, 95% interval")
+                ax.plot(100 * test["mean"], y - 0.2, "D", color="black", ms=5)
+                ax.text(100 * test["mean"], y - 0.3, f"p = {test['p']:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.axvline(0, color="black", lw=0.8)
+        if key == "forgetting":
+            ax.axvline(100 * PAPER_FORGETTING_GAP, color="grey", ls="--", lw=1, label="the paper's gap (15 points)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(pairs)), [f"{name}\n({len(e['pairs'])} pairs)" for name, e in pairs.items()], fontsize=8)
+    axes[0].set_ylim(len(pairs) - 0.5, -0.7)
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), fontsize=8, loc="outside lower center", ncol=min(len(handles), 4))
+    fig.suptitle(f"Same-seed pairs against {reference}: each dot one seed from one recipe build", fontsize=10)
     try:
         return save_figure(fig, path)
     finally:

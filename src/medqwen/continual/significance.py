@@ -30,6 +30,15 @@ def paired_t_test(differences: Sequence[float]) -> dict:
     return {"n": n, "mean": mean, "std": std, "t": t, "p": float(2 * stats.t.sf(abs(t), n - 1))}
 
 
+def confidence_interval(test: dict, *, level: float = 0.95) -> tuple[float, float] | None:
+    """The two-sided `level` interval of the mean difference, mean +- t_{(1+level)/2, n-1} * std / sqrt(n), from a
+    paired_t_test result; None without a spread."""
+    if test["t"] is None:
+        return None
+    half = stats.t.ppf((1 + level) / 2, test["n"] - 1) * test["std"] / math.sqrt(test["n"])
+    return test["mean"] - half, test["mean"] + half
+
+
 def power(n: int, effect: float, sd: float, *, alpha: float = 0.05) -> float:
     """The chance that a two-sided paired t-test over n pairs gives p < alpha, when the true mean difference is
     `effect` and the differences spread with standard deviation `sd`."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medqwen.continual.paired import markdown, paired_deltas, plot
+from medqwen.continual.paired import markdown, paired_deltas, plot, plot_pairs
 
 REPO = Path(__file__).resolve().parents[3]
 spec = importlib.util.spec_from_file_location("continual_paired", REPO / "benchmarks" / "continual" / "paired.py")
@@ -115,3 +115,8 @@ def test_the_power_note_says_when_no_number_of_pairs_would_do():
             "lora": _entry({"0": _run(0.5, 0.7, 0.7, A), "1": _run(0.0, 0.6, 0.7, A)})}  # forgetting deltas +0.5, -0.5
     table = markdown(paired_deltas([same]))
     assert "At the observed mean difference (+0.0), 80% power needs more pairs than pairs_needed searches" in table
+
+
+def test_pairs_chart(tmp_path):
+    pairs = paired_deltas([FIRST, SECOND])["seed_pairs"]
+    assert plot_pairs(pairs, tmp_path / "pairs.png").stat().st_size > 10_000

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from medqwen.continual.significance import pairs_needed, paired_t_test, power
+from medqwen.continual.significance import confidence_interval, pairs_needed, paired_t_test, power
 
 
 def test_paired_t_test_matches_the_closed_form_of_two_degrees_of_freedom():
@@ -45,3 +45,10 @@ def test_pairs_needed_is_the_first_n_reaching_the_target():
     assert power(n, 0.048, 0.108) >= 0.8 > power(n - 1, 0.048, 0.108)
     with pytest.raises(ValueError, match="n >= 2"):
         power(1, 0.1, 0.1)
+
+
+def test_confidence_interval_uses_students_quantile():
+    low, high = confidence_interval(paired_t_test([0.1, 0.2, 0.3]))
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t_{0.975, 2}
+    assert (low, high) == (pytest.approx(0.2 - half), pytest.approx(0.2 + half))
+    assert confidence_interval(paired_t_test([0.2, 0.2])) is None
