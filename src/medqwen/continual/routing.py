@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from sslora.config import SSLoRAConfig
 
 from .io import pyplot, save_figure
 
@@ -78,8 +79,6 @@ def routing_summary(routing: Routing, tasks: Sequence[str]) -> dict[str, Any]:
 def expert_axis_label(adapter: dict | None) -> str:
     """What an expert index stands for (from a method's adapter spec): a spectral segment only under the
     spectral init, SSLoRA's default."""
-    from sslora.config import SSLoRAConfig
-
     init = (adapter or {}).get("init", SSLoRAConfig.init)  # an unset init is SSLoRA's default
     if init == "spectral":
         return "expert (spectral segment)"

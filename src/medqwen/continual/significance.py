@@ -17,13 +17,14 @@ from typing import Sequence
 
 from scipy import stats
 
+from .metrics import mean_std
+
 
 def paired_t_test(differences: Sequence[float]) -> dict:
     """{n, mean, std (sample, n - 1), t, p (two-sided)} of per-pair differences; t and p are None for fewer than
     two pairs or when every pair differs by the same amount (no spread to test against)."""
     n = len(differences)
-    mean = sum(differences) / n if n else None
-    std = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1)) if n > 1 else None
+    mean, std = mean_std(differences)
     if std is None or std < 1e-12:  # equal differences leave rounding noise, not a spread
         return {"n": n, "mean": mean, "std": std, "t": None, "p": None}
     t = mean / (std / math.sqrt(n))
