@@ -1,9 +1,11 @@
-"""Every seed-1 baseline and ablation minus the SSLoRA seed-1 run of its own recipe build: one table, one chart.
+"""Every seed-1 baseline, ablation and point-7 variant minus the SSLoRA seed-1 run of its own recipe build: one
+table, one chart.
 
     python benchmarks/continual/paired.py        # -> benchmarks/results/continual_paired.{json,md,png}, continual_pairs.png
 
 Reads the grid's aggregates, benchmarks/results/continual.json and one continual_build<sha8>.json per later
-recipe build (grid.py writes them, and calls this after each finished run). See medqwen/continual/paired.py.
+recipe build (grid.py writes them, and calls this after each finished run), and the variants' records,
+benchmarks/results/continual_variants/<name>/ (variants.py). See medqwen/continual/paired.py.
 """
 
 from __future__ import annotations
@@ -30,6 +32,16 @@ def aggregate_files(results_dir: Path) -> list[Path]:
     return ([first] if first.exists() else []) + sorted(results_dir.glob("continual_build*.json"))
 
 
+def variant_runs(results_dir: Path, seed: int) -> dict[str, dict]:
+    """name -> the variant's record of `seed`, shaped like an aggregate's run (its start model under
+    start_model_sha256, as the grid stores it)."""
+    runs = {}
+    for path in sorted((results_dir / "continual_variants").glob(f"*/*_seed{seed}.json")):
+        record = json.loads(path.read_text())
+        runs[path.parent.name] = {**record, "start_model_sha256": record.get("model_sha256")}
+    return runs
+
+
 def fill_calibrated(aggregates: list[dict], rebuilt: list[dict]) -> int:
     """Runs recorded before their batch-calibrated metrics were: take them from answers.py's rebuilds
     (benchmarks/results/continual_answers/), matched by run folder. Returns how many runs were filled.
@@ -53,7 +65,7 @@ def write_paired(results_dir: Path = RESULTS, *, reference: str = "sslora", seed
     sources = aggregate_files(results_dir)
     aggregates = [json.loads(path.read_text()) for path in sources]
     fill_calibrated(aggregates, answers.summarize(results_dir / "continual_answers"))
-    paired = paired_deltas(aggregates, reference=reference, seed=seed)
+    paired = paired_deltas(aggregates, reference=reference, seed=seed, variants=variant_runs(results_dir, seed))
     paired["sources"] = [path.name for path in sources]
     stem = results_dir / "continual_paired"
     write_json(stem.with_suffix(".json"), paired)

@@ -8,7 +8,8 @@ Each variant runs through grid.py (its own run folder runs/continual_variants/<n
 the grid's runs) and its finished results.json is kept in benchmarks/results/continual_variants/<name>/. The
 table (benchmarks/results/continual_variants.md and .json) puts every finished variant beside the reference
 rows of the same seed and recipe build: the grid's headline runs, then its baselines and ablations, from
-benchmarks/results/continual_runs/ and continual_runs_build<sha>/; as scored, learned and batch-calibrated.
+benchmarks/results/continual_runs/ and continual_runs_build<sha>/; as scored, learned and batch-calibrated. It
+also refreshes paired.py's chart, where each variant is drawn minus the SSLoRA run of its build.
 """
 
 from __future__ import annotations
@@ -155,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(rows)
     write_text(RESULTS / "continual_variants.md", table)
     print(table)
+    # the variants' rows in the chart of every seed-1 run minus the SSLoRA run of its build
+    paired_spec = importlib.util.spec_from_file_location("continual_paired", HERE / "paired.py")
+    paired = importlib.util.module_from_spec(paired_spec)
+    paired_spec.loader.exec_module(paired)
+    paired.write_paired(RESULTS)
+    print(f"-> {RESULTS / 'continual_variants.md'}, {RESULTS / 'continual_paired.md'} (.png)")
     if failed:
         print(f"failed: {failed}")
     return 1 if failed else 0

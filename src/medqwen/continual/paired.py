@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from .io import pyplot, save_figure
 from .significance import confidence_interval, pairs_needed, paired_t_test, power
@@ -20,6 +20,8 @@ from .summary import build_of, method_entries
 # (key, label): metrics of a run's record; "calibrated_*" come from metrics_batch_calibrated.
 DELTA_KEYS = (("forgetting", "rel. forgetting"), ("final_avg", "final avg"), ("learning_acc", "learned"),
               ("calibrated_forgetting", "batch-calibrated forgetting"), ("calibrated_final_avg", "batch-calibrated final avg"))
+# Row order of the table and the chart: the grid's methods, its ablations, then single-run variants (point 7).
+KINDS = ("method", "ablation", "variant")
 # The paper's headline as a gap in relative forgetting: SSLoRA about 5% where LoRA r=32 forgets 20% or more.
 PAPER_FORGETTING_GAP = 0.15
 
@@ -35,10 +37,12 @@ def _difference(a: dict, b: dict) -> dict[str, float | None]:
     return {k: None if a[k] is None or b[k] is None else a[k] - b[k] for k, _ in DELTA_KEYS}
 
 
-def paired_deltas(aggregates: Sequence[dict], *, reference: str = "sslora", seed: int = 1) -> dict:
-    """Every method and ablation with a run of `seed`, minus the `reference` run of that seed from the same build.
+def paired_deltas(aggregates: Sequence[dict], *, reference: str = "sslora", seed: int = 1,
+                  variants: Mapping[str, dict] | None = None) -> dict:
+    """Every method and ablation with a run of `seed`, and every variant (name -> its run of `seed`, outside the
+    grid: benchmarks/continual/variants.py), minus the `reference` run of that seed from the same build.
 
-    Returns {reference, seed, rows: [{name, kind ("method" | "ablation"), build, delta: {metric: a - b}}],
+    Returns {reference, seed, rows: [{name, kind (one of KINDS), build, delta: {metric: a - b}}],
     unpaired: [(name, build)] (no reference run of that build), rebuild: [{build, from_build, delta}] (the
     reference on each later build minus its first build), seed_std: {metric: sample std over the reference's
     seeds} from the aggregate holding most of them, seed_pairs: seed_pairs(aggregates)}. Values are fractions
@@ -61,6 +65,12 @@ def paired_deltas(aggregates: Sequence[dict], *, reference: str = "sslora", seed
                 continue
             rows.append({"name": name, "kind": "ablation" if name in ablations else "method", "build": build,
                          "delta": _difference(run_metrics(run), references[build])})
+    for name, run in (variants or {}).items():
+        build = build_of(run)
+        if build not in references:
+            unpaired.append((name, build))
+            continue
+        rows.append({"name": name, "kind": "variant", "build": build, "delta": _difference(run_metrics(run), references[build])})
     builds = list(references)
     rebuild = [{"build": b, "from_build": builds[0], "delta": _difference(references[b], references[builds[0]])}
                for b in builds[1:]]
@@ -168,8 +178,11 @@ def plot(paired: dict, path: Path) -> Path:
     +-sqrt(2) x its seed std (how much two single runs differ by chance alone)."""
     plt = pyplot()
 
-    rows = [(r["name"], r["build"], r["delta"], False) for r in sorted(paired["rows"], key=lambda r: r["kind"] != "method")]
-    n_methods = sum(r["kind"] == "method" for r in paired["rows"])
+    ordered = sorted(paired["rows"], key=lambda r: KINDS.index(r["kind"]))
+    rows = [(r["name"], r["build"], r["delta"], False) for r in ordered]
+    # dashed lines between methods | ablations | variants | the rebuild shift
+    separators = {y - 0.5 for y in range(1, len(ordered)) if ordered[y]["kind"] != ordered[y - 1]["kind"]}
+    separators |= {len(ordered) - 0.5} if ordered and paired["rebuild"] else set()
     rows += [(f"{paired['reference']} rebuilt ({s['build']} - {s['from_build']})", s["build"], s["delta"], True)
              for s in paired["rebuild"]]
     builds = list(dict.fromkeys(build for _, build, _, _ in rows))
@@ -190,7 +203,7 @@ def plot(paired: dict, path: Path) -> Path:
                     edgecolor="black" if shift else None, label=f"build {build}")
             ax.text(100 * value, y, f" {100 * value:+.1f} ", va="center", ha="left" if value >= 0 else "right", fontsize=7)
         ax.axvline(0, color="black", lw=0.8)
-        for y in {n_methods - 0.5, len(paired["rows"]) - 0.5} - {-0.5, len(rows) - 0.5}:  # methods | ablations | rebuild
+        for y in separators:
             ax.axhline(y, color="grey", lw=0.6, ls="--")
         ax.set_title(title, fontsize=9)
         ax.grid(axis="x", alpha=0.3)

@@ -120,3 +120,26 @@ def test_the_power_note_says_when_no_number_of_pairs_would_do():
 def test_pairs_chart(tmp_path):
     pairs = paired_deltas([FIRST, SECOND])["seed_pairs"]
     assert plot_pairs(pairs, tmp_path / "pairs.png").stat().st_size > 10_000
+
+
+def test_variants_are_paired_by_build_and_drawn_after_the_ablations(tmp_path):
+    variants = {"sslora_eta0.4": _run(0.36, 0.59, 0.79, B, (0.17, 0.70)), "elsewhere": _run(0.2, 0.6, 0.7, "c" * 64)}
+    paired = paired_deltas([FIRST, SECOND], variants=variants)
+    rows = {r["name"]: r for r in paired["rows"]}
+    assert rows["sslora_eta0.4"]["kind"] == "variant" and rows["sslora_eta0.4"]["build"] == "bbbbbbbb"
+    assert rows["sslora_eta0.4"]["delta"]["forgetting"] == pytest.approx(0.36 - 0.27)  # build b's reference
+    assert rows["sslora_eta0.4"]["delta"]["calibrated_final_avg"] == pytest.approx(0.70 - 0.69)
+    assert ("elsewhere", "cccccccc") in paired["unpaired"]
+    assert "| sslora_eta0.4 | variant | bbbbbbbb | +9.0 | -2.0 | +4.0 | +1.0 | +1.0 |" in markdown(paired)
+    assert plot(paired, tmp_path / "paired.png").stat().st_size > 10_000
+
+
+def test_write_paired_reads_the_variant_records(tmp_path):
+    (tmp_path / "continual.json").write_text(json.dumps(FIRST))
+    record = {"metrics": {"forgetting": 0.2, "final_avg": 0.6, "learning_acc": 0.7}, "model_sha256": A}
+    (tmp_path / "continual_variants" / "lora_lr1e-3").mkdir(parents=True)
+    (tmp_path / "continual_variants" / "lora_lr1e-3" / "lora_seed1.json").write_text(json.dumps(record))
+    (tmp_path / "continual_variants" / "lora_lr1e-3" / "lora_seed2.json").write_text(json.dumps(record))  # another seed
+    rows = [r for r in paired_script.write_paired(tmp_path)["rows"] if r["kind"] == "variant"]
+    assert [(r["name"], r["build"]) for r in rows] == [("lora_lr1e-3", "aaaaaaaa")]
+    assert rows[0]["delta"]["forgetting"] == pytest.approx(0.2 - 0.16)
