@@ -122,7 +122,7 @@ def test_pairs_chart(tmp_path):
     assert plot_pairs(pairs, tmp_path / "pairs.png").stat().st_size > 10_000
 
 
-def test_variants_are_paired_by_build_and_drawn_after_the_ablations(tmp_path):
+def test_variants_are_paired_with_the_reference_of_their_build_and_charted(tmp_path):
     variants = {"sslora_eta0.4": _run(0.36, 0.59, 0.79, B, (0.17, 0.70)), "elsewhere": _run(0.2, 0.6, 0.7, "c" * 64)}
     paired = paired_deltas([FIRST, SECOND], variants=variants)
     rows = {r["name"]: r for r in paired["rows"]}
