@@ -324,6 +324,11 @@ def write_paired_if_committed(args) -> None:
     seed-1 run minus the SSLoRA run of its build (benchmarks/continual/paired.py); smoke and scratch grids leave it."""
     if args.smoke or args.results.resolve().parent != RESULTS:
         return
+    write_paired()
+
+
+def write_paired() -> None:
+    """benchmarks/continual/paired.py into the committed results (loaded at call time: a long grid picks up edits)."""
     spec = importlib.util.spec_from_file_location("continual_paired", HERE / "paired.py")
     paired = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(paired)

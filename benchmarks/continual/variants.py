@@ -156,11 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(rows)
     write_text(RESULTS / "continual_variants.md", table)
     print(table)
-    # the variants' rows in the chart of every seed-1 run minus the SSLoRA run of its build
-    paired_spec = importlib.util.spec_from_file_location("continual_paired", HERE / "paired.py")
-    paired = importlib.util.module_from_spec(paired_spec)
-    paired_spec.loader.exec_module(paired)
-    paired.write_paired(RESULTS)
+    grid.write_paired()  # the variants' rows in the chart of every seed-1 run minus the SSLoRA run of its build
     print(f"-> {RESULTS / 'continual_variants.md'}, {RESULTS / 'continual_paired.md'} (.png)")
     if failed:
         print(f"failed: {failed}")

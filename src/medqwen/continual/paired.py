@@ -52,25 +52,18 @@ def paired_deltas(aggregates: Sequence[dict], *, reference: str = "sslora", seed
         run = ((results.get(reference) or {}).get("runs") or {}).get(str(seed))
         if run is not None:
             references.setdefault(build_of(run), run_metrics(run))
+    candidates = [(name, "ablation" if name in results.get("ablations", {}) else "method", entry["runs"].get(str(seed)))
+                  for results in aggregates for name, entry in method_entries(results) if name != reference]
+    candidates += [(name, "variant", run) for name, run in (variants or {}).items()]
     rows, unpaired = [], []
-    for results in aggregates:
-        ablations = set(results.get("ablations", {}))
-        for name, entry in method_entries(results):
-            run = entry["runs"].get(str(seed))
-            if name == reference or run is None:
-                continue
-            build = build_of(run)
-            if build not in references:
-                unpaired.append((name, build))
-                continue
-            rows.append({"name": name, "kind": "ablation" if name in ablations else "method", "build": build,
-                         "delta": _difference(run_metrics(run), references[build])})
-    for name, run in (variants or {}).items():
+    for name, kind, run in candidates:
+        if run is None:
+            continue
         build = build_of(run)
         if build not in references:
             unpaired.append((name, build))
             continue
-        rows.append({"name": name, "kind": "variant", "build": build, "delta": _difference(run_metrics(run), references[build])})
+        rows.append({"name": name, "kind": kind, "build": build, "delta": _difference(run_metrics(run), references[build])})
     builds = list(references)
     rebuild = [{"build": b, "from_build": builds[0], "delta": _difference(references[b], references[builds[0]])}
                for b in builds[1:]]
