@@ -37,6 +37,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from medqwen.continual.io import pid_alive, take_lock
 from medqwen.continual.summary import markdown, method_entries, summarize_method, write
 
 HERE = Path(__file__).resolve().parent
@@ -127,38 +128,6 @@ def command(args, method: str, seed: int, out: Path) -> list[str]:
     return cmd
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def take_lock(run_dir: Path) -> int | None:
-    """Create run_dir/grid.lock holding this process's pid; None when taken, else the pid of the live
-    process that holds it. A lock left by a process that no longer exists is replaced."""
-    lock = run_dir / "grid.lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                holder = 0
-            if holder and holder != os.getpid() and _pid_alive(holder):
-                return holder
-            lock.unlink(missing_ok=True)  # stale
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return None
-    raise RuntimeError(f"could not take {lock}")
-
-
 def run_name(method: str) -> str:
     """A method given as a YAML path runs and is recorded under the file's stem."""
     return Path(method).stem if method.endswith((".yaml", ".yml")) else method
@@ -245,7 +214,7 @@ def run_status(args, method: str, seed: int) -> str:
     rows = list((out / "eval").glob("row_??.json"))
     lock = out / "grid.lock"
     holder = lock.read_text().strip() if lock.is_file() else ""
-    running = f"running (pid {holder})" if holder.isdigit() and _pid_alive(int(holder)) else "stopped (resumes)"
+    running = f"running (pid {holder})" if holder.isdigit() and pid_alive(int(holder)) else "stopped (resumes)"
     tasks = sorted(p.name for p in (out / "train").glob("task*"))
     from medqwen.training.checkpoint import latest_checkpoint  # the one resume continues from
 
@@ -319,6 +288,28 @@ def aggregate(args, runs_planned: list[tuple[str, int]]) -> dict:
     return out
 
 
+def print_status(args, runs: list[tuple[str, int]]) -> None:
+    """Where each planned run stands, and the hours left at the median finished run's pace."""
+    unfinished = []
+    for method, seed in runs:
+        state = run_status(args, method, seed)
+        print(f"{run_name(method)}/seed{seed}: {state}")
+        unfinished += [] if state == "done" else [(method, seed)]
+    hours = hours_left(args, unfinished)
+    if unfinished and hours is not None:
+        print(f"{len(unfinished)} runs to go: about {hours:.0f} core-hours (the median finished run, less rows on disk); "
+              f"one grid per core on 2 cores: about {hours / 2:.0f} h")
+
+
+def write_aggregates(args, runs: list[tuple[str, int]]) -> dict:
+    """Aggregate every finished run into the results file (and the paired chart); returns the aggregate."""
+    results = aggregate(args, runs)
+    if results and not args.dry_run:
+        write(results, args.results, ABLATION_TABLE, SINGLE_SEED)
+        write_paired_if_committed(args)
+    return results
+
+
 def write_paired_if_committed(args) -> None:
     """After the committed aggregates change (continual.json, continual_build<sha8>.json), refresh the chart of every
     seed-1 run minus the SSLoRA run of its build (benchmarks/continual/paired.py); smoke and scratch grids leave it."""
@@ -372,29 +363,16 @@ def main(argv: list[str] | None = None) -> int:
                                     RESULTS / "continual_smoke.json" if args.smoke else args.work / "continual.json")
     runs = plan(args.group, args.methods, args.seeds)
     if args.status:
-        unfinished = []
-        for method, seed in runs:
-            state = run_status(args, method, seed)
-            print(f"{run_name(method)}/seed{seed}: {state}")
-            unfinished += [] if state == "done" else [(method, seed)]
-        hours = hours_left(args, unfinished)
-        if unfinished and hours is not None:
-            print(f"{len(unfinished)} runs to go: about {hours:.0f} core-hours (the median finished run, less rows on disk); "
-                  f"one grid per core on 2 cores: about {hours / 2:.0f} h")
+        print_status(args, runs)
         return 0
     status = {}
     if not args.aggregate_only:
         check_build(args)
         for method, seed in runs:
             status[f"{method}/seed{seed}"] = run_one(args, method, seed)
-            results = aggregate(args, runs)
-            if results and not args.dry_run:
-                write(results, args.results, ABLATION_TABLE, SINGLE_SEED)
-                write_paired_if_committed(args)
-    results = aggregate(args, runs)
+            write_aggregates(args, runs)
+    results = write_aggregates(args, runs)
     if results and not args.dry_run:
-        write(results, args.results, ABLATION_TABLE, SINGLE_SEED)
-        write_paired_if_committed(args)
         print(markdown(results))
         print(f"aggregated {sum(len(m['seeds']) for _, m in method_entries(results))} runs -> {args.results}")
     failed = {k: v for k, v in status.items() if v.startswith("failed")}

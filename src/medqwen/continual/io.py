@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,3 +43,36 @@ def pyplot():
 def save_figure(figure, path: str | Path) -> Path:
     """matplotlib figure -> PNG, atomically."""
     return _atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0 checks without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def take_lock(run_dir: Path) -> int | None:
+    """Create run_dir/grid.lock holding this process's pid; None when taken, else the pid of the live
+    process that holds it. A lock left by a process that no longer exists is replaced."""
+    lock = run_dir / "grid.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and pid_alive(holder):
+                return holder
+            lock.unlink(missing_ok=True)  # stale
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return None
+    raise RuntimeError(f"could not take {lock}")
