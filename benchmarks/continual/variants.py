@@ -3,13 +3,16 @@
     python benchmarks/continual/variants.py --data-root ../shared/data --base-model-dir <recipe final/>
     python benchmarks/continual/variants.py --data-root ../shared/data --base-model-dir ... --only lora_lr1e-3
     python benchmarks/continual/variants.py --data-root ../shared/data --table-only
+    python benchmarks/continual/variants.py --data-root ../shared/data --base-model-dir ... --only sslora_rho1 --seed 2
 
 Each variant runs through grid.py (its own run folder runs/continual_variants/<name>/, resumable, locked like
 the grid's runs) and its finished results.json is kept in benchmarks/results/continual_variants/<name>/. The
 table (benchmarks/results/continual_variants.md and .json) puts every finished variant beside the reference
 rows of the same seed and recipe build: the grid's headline runs, then its baselines and ablations, from
 benchmarks/results/continual_runs/ and continual_runs_build<sha>/; as scored, learned and batch-calibrated. It
-also refreshes paired.py's chart, where each variant is drawn minus the SSLoRA run of its build.
+also refreshes paired.py's chart, where each variant is drawn minus the SSLoRA run of its build. --seed runs a
+variant at another seed than the file's (a second seed of one that moved forgetting); that seed's table is
+continual_variants_seed<k>.md beside the references of seed k, which the grid runs first.
 """
 
 from __future__ import annotations
@@ -130,9 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", type=Path, default=VARIANTS)
     parser.add_argument("--only", nargs="+", help="run these variants (names in the file)")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from the finished runs")
+    parser.add_argument("--seed", type=int, help="run and tabulate this seed instead of the file's "
+                        "(table: continual_variants_seed<k>.md)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
     spec = load_variants(args.variants)
+    seed = spec["seed"] if args.seed is None else args.seed
+    stem = "continual_variants" if seed == spec["seed"] else f"continual_variants_seed{seed}"
     chosen = spec["variants"]
     if args.only:
         unknown = set(args.only) - {v["name"] for v in chosen}
@@ -143,21 +150,21 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table_only:
         for variant in chosen:
             print(f"== variant {variant['name']}", flush=True)
-            if grid.main(grid_argv(args, variant, spec["seed"])) != 0:
+            if grid.main(grid_argv(args, variant, seed)) != 0:
                 failed.append(variant["name"])
     if args.dry_run:
         return 0
     from medqwen.continual.io import write_json, write_text
 
-    rows = collect(spec["seed"], spec["variants"])
+    rows = collect(seed, spec["variants"])
     source = args.variants.resolve()
     source = source.relative_to(REPO) if source.is_relative_to(REPO) else source
-    write_json(RESULTS / "continual_variants.json", {"seed": spec["seed"], "file": str(source), "rows": rows})
+    write_json(RESULTS / f"{stem}.json", {"seed": seed, "file": str(source), "rows": rows})
     table = markdown(rows)
-    write_text(RESULTS / "continual_variants.md", table)
+    write_text(RESULTS / f"{stem}.md", table)
     print(table)
     grid.write_paired()  # the variants' rows in the chart of every seed-1 run minus the SSLoRA run of its build
-    print(f"-> {RESULTS / 'continual_variants.md'}, {RESULTS / 'continual_paired.md'} (.png)")
+    print(f"-> {RESULTS / f'{stem}.md'}, {RESULTS / 'continual_paired.md'} (.png)")
     if failed:
         print(f"failed: {failed}")
     return 1 if failed else 0

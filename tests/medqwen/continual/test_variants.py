@@ -73,3 +73,22 @@ def test_table_gives_the_batch_calibrated_pair_when_the_run_recorded_it(tmp_path
     assert row["calibrated"]["forgetting"] == pytest.approx(0.125)  # (0.8 - 0.7) / 0.8
     assert row["calibrated"]["final_avg"] == pytest.approx(0.8)  # (0.7 + 0.9) / 2
     assert "| 25.0 | 75.0 | -20.0 | 85.0 | 12.5 / 80.0 |" in variants.markdown([row])
+
+
+def test_another_seed_gets_its_own_table_beside_that_seeds_references(tmp_path, monkeypatch):
+    """--seed 2 tabulates the seed-2 runs in continual_variants_seed2.md and leaves the file's seed-1 table alone."""
+    monkeypatch.setattr(variants, "RESULTS", tmp_path)
+    monkeypatch.setattr(variants.grid, "write_paired", lambda: None)
+    R = [[0.5, 0.5], [0.8, 0.5], [0.6, 0.9]]
+    _record(tmp_path / "continual_runs" / "sslora_seed1.json", "sslora", 1, 3e-4, R)
+    _record(tmp_path / "continual_runs" / "sslora_seed2.json", "sslora", 2, 3e-4, [[0.5, 0.5], [1.0, 0.5], [0.5, 0.9]])
+    _record(tmp_path / "continual_variants" / "x" / "sslora_seed1.json", "sslora", 1, 1e-3, R)
+    _record(tmp_path / "continual_variants" / "x" / "sslora_seed2.json", "sslora", 2, 1e-3, R)
+    spec_file = tmp_path / "variants.yaml"
+    spec_file.write_text("seed: 1\nvariants:\n  - {name: x, method: sslora, var: {lr: 1.0e-3}}\n")
+    assert variants.main(["--data-root", str(tmp_path), "--variants", str(spec_file), "--seed", "2", "--table-only"]) == 0
+    assert not (tmp_path / "continual_variants.md").exists()
+    table = json.loads((tmp_path / "continual_variants_seed2.json").read_text())
+    assert table["seed"] == 2 and [(r["name"], r["seed"]) for r in table["rows"]] == [("sslora", 2), ("x", 2)]
+    assert table["rows"][0]["forgetting"] == pytest.approx(0.5)  # (1.0 - 0.5) / 1.0: the seed-2 reference
+    assert "| x | sslora desc | 0.001 | 25.0 |" in (tmp_path / "continual_variants_seed2.md").read_text()
